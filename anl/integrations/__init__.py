@@ -1,0 +1,1 @@
+"""Integrations of the :mod:`anl` core with training recipes."""

@@ -1,0 +1,1 @@
+"""The MTARD recipe (Zhao et al., ECCV 2022) built on :mod:`anl`."""
