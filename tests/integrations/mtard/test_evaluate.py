@@ -1,0 +1,320 @@
+"""Tests of anl.integrations.mtard.evaluate: accuracies, sharding, tables, files, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from anl.integrations.mtard.data import DATASETS, ImageData
+from anl.integrations.mtard.evaluate import (
+    DEFAULT_ATTACKS,
+    evaluate,
+    register_cli,
+    result_rows,
+    results_table,
+    w_robust,
+    write_results,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models run fastest on one thread (and do not fight parallel test workers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_cnn(channels: int = 1, size: int = 8, num_classes: int = 10, seed: int = 0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * size * size, num_classes),
+    )
+
+
+def tensor_data(n: int = 40, channels: int = 1, size: int = 8, seed: int = 0, model=None):
+    """Random images; labels mostly the model's predictions (so clean accuracy is high)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, channels, size, size, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    if model is not None:
+        model.eval()
+        with torch.no_grad():
+            pred = model(x).argmax(1)
+        y = torch.where(torch.arange(n) % 4 == 0, y, pred)
+    return x, y
+
+
+FAST = {"square_queries": 30, "progress": False}
+ATTACKS = ["fgsm", "pgd_sat", "pgd_trades", "cw_inf", "square"]
+
+
+def test_accuracies_counts_and_w_robust() -> None:
+    model = small_cnn()
+    x, y = tensor_data(model=model)
+    results = evaluate(model, (x, y), ATTACKS, eps=0.05, batch_size=16, **FAST)
+    with torch.no_grad():
+        clean_correct = int((model(x).argmax(1) == y).sum())
+    assert results["n_examples"] == 40 and results["eps"] == 0.05
+    assert results["clean"] == {"correct": clean_correct, "accuracy": clean_correct / 40}
+    assert 0.5 < results["clean"]["accuracy"] < 1.0
+    for name in ATTACKS:
+        entry = results["attacks"][name]
+        assert entry["correct"] <= clean_correct, name
+        assert entry["correct"] <= entry["adv_correct"], name
+        assert entry["robust"] == entry["correct"] / 40
+        assert entry["robust"] <= results["clean"]["accuracy"]
+        assert entry["w_robust"] == pytest.approx(
+            0.5 * results["clean"]["accuracy"] + 0.5 * entry["robust"]
+        )
+        assert entry["settings"]["eps"] == 0.05
+    # A non-robust model loses accuracy under every attack.
+    assert all(results["attacks"][n]["robust"] < results["clean"]["accuracy"] for n in ATTACKS)
+    assert results["attacks"]["square"]["settings"]["n_queries"] == 30
+    json.dumps(results)  # serialisable as is
+
+
+def test_robust_count_matches_direct_attack() -> None:
+    model = small_cnn(seed=2)
+    x, y = tensor_data(n=24, model=model)
+    results = evaluate(model, (x, y), ["fgsm"], eps=0.05, batch_size=7, **FAST)
+    from anl.integrations.mtard.attacks import fgsm
+
+    with torch.no_grad():
+        clean_ok = model(x).argmax(1) == y
+        adv_ok = model(fgsm(model, x, y, eps=0.05)).argmax(1) == y
+    assert results["attacks"]["fgsm"]["correct"] == int((clean_ok & adv_ok).sum())
+    assert results["attacks"]["fgsm"]["adv_correct"] == int(adv_ok.sum())
+
+
+def _counts(results):
+    return [results["n_examples"], results["clean"]["correct"]] + [
+        (v["correct"], v["adv_correct"]) for v in results["attacks"].values()
+    ]
+
+
+def test_sharding_and_batch_size_give_exactly_the_single_process_counts() -> None:
+    model = small_cnn(seed=1)
+    x, y = tensor_data(n=37, model=model, seed=1)
+    kw = {"eps": 0.04, **FAST}
+    single = evaluate(model, (x, y), ATTACKS, batch_size=16, **kw)
+    shards = [
+        evaluate(model, (x, y), ATTACKS, batch_size=5, rank=r, world_size=3, **kw) for r in range(3)
+    ]
+    assert [s["n_examples"] for s in shards] == [13, 12, 12]
+    assert all(not s["shard"]["reduced"] for s in shards)
+    summed = [sum(values) for values in zip(*[_counts(s)[:2] for s in shards], strict=True)]
+    assert summed == _counts(single)[:2]
+    for k in range(len(ATTACKS)):
+        pairs = [_counts(s)[2 + k] for s in shards]
+        assert tuple(map(sum, zip(*pairs, strict=True))) == _counts(single)[2 + k], ATTACKS[k]
+    # Not trivially equal: the attacks did something.
+    assert single["attacks"]["pgd_sat"]["correct"] < single["clean"]["correct"]
+
+
+def test_image_data_default_eps_and_n_examples() -> None:
+    info = DATASETS["fashion_mnist"]
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (30, 1, 28, 28), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (30,), generator=g)
+    data = ImageData(images, labels, info)
+    model = small_cnn(size=28)
+    results = evaluate(model, data, ["fgsm", "pgd_sat"], n_examples=20, batch_size=8, **FAST)
+    assert results["dataset"] == "fashion_mnist"
+    assert results["eps"] == pytest.approx(0.1)
+    assert results["attacks"]["pgd_sat"]["settings"]["step_size"] == pytest.approx(0.025)
+    assert results["n_examples"] == 20
+    # Same numbers as evaluating the same images as float tensors.
+    x = images[:20].float() / 255
+    as_tensors = evaluate(
+        model, (x, labels[:20]), ["fgsm", "pgd_sat"], eps=0.1, batch_size=8, **FAST
+    )
+    assert _counts(as_tensors) == _counts(results)
+
+
+def test_model_mode_restored_and_no_parameter_grads() -> None:
+    model = small_cnn().train()
+    x, y = tensor_data(n=8)
+    evaluate(model, (x, y), ["pgd_sat"], eps=0.05, **FAST)
+    assert all(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_transfer_attacks_need_a_surrogate() -> None:
+    model, surrogate = small_cnn(seed=0), small_cnn(seed=1)
+    x, y = tensor_data(n=12, model=model)
+    with pytest.raises(ValueError, match="`surrogate`"):
+        evaluate(model, (x, y), ["transfer_pgd"], eps=0.05, **FAST)
+    results = evaluate(
+        model, (x, y), ["transfer_pgd", "transfer_cw"], eps=0.05, surrogate=surrogate, **FAST
+    )
+    for entry in results["attacks"].values():
+        assert entry["correct"] <= results["clean"]["correct"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"attacks": ["pgd"]}, "`attacks`"),
+        ({"attacks": ["fgsm", "fgsm"]}, "`attacks`"),
+        ({"batch_size": 0}, "`batch_size`"),
+        ({"rank": 2, "world_size": 2}, "`rank`"),
+        ({"n_examples": 0}, "`n_examples`"),
+    ],
+)
+def test_evaluate_validation(kwargs, message) -> None:
+    model = small_cnn()
+    x, y = tensor_data(n=4)
+    kwargs = {"attacks": ["fgsm"], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        evaluate(model, (x, y), progress=False, **kwargs)
+    with pytest.raises(ValueError, match="`data`"):
+        evaluate(model, (x,), ["fgsm"], progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables and files
+# --------------------------------------------------------------------------------------------
+
+
+def test_results_table_layout() -> None:
+    rows = [
+        {"dataset": "cifar10", "defense": "SAT", "attack": "fgsm", "clean": 0.842,
+         "robust": 0.5559, "w_robust": 0.699},
+        {"dataset": "cifar10", "defense": "MTARD", "attack": "fgsm", "clean": 0.8736,
+         "robust": 0.612, "w_robust": 0.7428, "robust_std": 0.0031},
+        {"dataset": "cifar100", "defense": "MTARD", "attack": "fgsm", "clean": 0.643,
+         "robust": 0.3149, "w_robust": 0.479},
+        {"dataset": "cifar10", "defense": "SAT", "attack": "pgd_trades", "clean": 0.842,
+         "robust": 0.4812, "w_robust": 0.6616},
+    ]  # fmt: skip
+    expected = "\n".join(
+        [
+            "| Attack | Defense | CIFAR-10 Clean (%) | CIFAR-10 Robust (%) | CIFAR-10 W-Robust (%)"
+            " | CIFAR-100 Clean (%) | CIFAR-100 Robust (%) | CIFAR-100 W-Robust (%) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "| FGSM | SAT | 84.20 | 55.59 | 69.90 | – | – | – |",
+            "|  | MTARD | 87.36 | 61.20 ± 0.31 | 74.28 | 64.30 | 31.49 | 47.90 |",
+            "| PGD_TRADES | SAT | 84.20 | 48.12 | 66.16 | – | – | – |",
+        ]
+    )
+    assert results_table(rows) == expected
+
+
+def test_results_table_rejects_bad_rows() -> None:
+    row = {"dataset": "d", "defense": "x", "attack": "fgsm", "clean": 0.9, "robust": 0.5,
+           "w_robust": 0.7}  # fmt: skip
+    with pytest.raises(ValueError, match="fractions"):
+        results_table([{**row, "clean": 90.0}])
+    with pytest.raises(ValueError, match="duplicate"):
+        results_table([row, row])
+    with pytest.raises(ValueError, match="without"):
+        results_table([{k: v for k, v in row.items() if k != "w_robust"}])
+
+
+def test_write_results_round_trip(tmp_path: Path) -> None:
+    model = small_cnn()
+    x, y = tensor_data(n=10, model=model)
+    results = evaluate(model, (x, y), ["fgsm", "pgd_trades"], eps=0.05, **FAST)
+    json_path, md_path = write_results(results, tmp_path / "out", "run1", defense="MTARD")
+    assert json.loads(json_path.read_text()) == results
+    text = md_path.read_text()
+    assert results_table(result_rows(results, "MTARD")) in text
+    assert "| FGSM | MTARD |" in text and "| PGD_TRADES | MTARD |" in text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["run1.json", "run1.md"]
+    assert w_robust(0.8, 0.4) == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="`name`"):
+        write_results(results, tmp_path, "../escape")
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anl-mtard")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_cli_arguments_and_defaults() -> None:
+    args = _parser().parse_args(["evaluate", "ckpt.pt"])
+    assert args.checkpoint == Path("ckpt.pt") and args.attacks is None
+    assert args.batch_size == 256 and args.square_queries == 5000 and args.device == "cpu"
+    args = _parser().parse_args(
+        ["evaluate", "c.pt", "--attacks", "fgsm", "square", "--dataset", "fashion_mnist",
+         "--eps", "0.1", "--n-examples", "50", "--surrogate", "t.pt", "--out", "o"]
+    )  # fmt: skip
+    assert args.attacks == ["fgsm", "square"] and args.eps == 0.1 and args.n_examples == 50
+    assert args.surrogate == Path("t.pt") and args.out == Path("o") and callable(args.func)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["evaluate", "c.pt", "--attacks", "pgd_madry"])
+
+
+def test_cli_runs_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # The model and dataset loaders are replaced by in-memory fakes with the contract's API.
+    info = DATASETS["fashion_mnist"]
+    g = torch.Generator().manual_seed(0)
+    data = ImageData(
+        torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8, generator=g),
+        torch.randint(0, 10, (12,), generator=g),
+        info,
+    )
+    loaded: list[str] = []
+
+    def load_model(path, map_location="cpu"):
+        loaded.append(str(path))
+        return small_cnn(size=28, seed=len(loaded)).eval()
+
+    fake = types.ModuleType("anl.integrations.mtard.checkpoints")
+    fake.load_model = load_model
+    fake.load_teacher = None
+    fake.safe_load = lambda path, map_location="cpu": {"dataset": "fashion_mnist"}
+    monkeypatch.setitem(sys.modules, "anl.integrations.mtard.checkpoints", fake)
+    monkeypatch.setattr("anl.integrations.mtard.data.load_dataset", lambda *a, **k: data)
+    ckpt = tmp_path / "student.pt"
+    args = _parser().parse_args(
+        ["evaluate", str(ckpt), "--surrogate", str(tmp_path / "teacher.pt"), "--n-examples",
+         "8", "--square-queries", "20", "--out", str(tmp_path / "res"), "--no-progress"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    assert loaded == [str(ckpt), str(tmp_path / "teacher.pt")]
+    printed = capsys.readouterr().out
+    assert "| Attack | Defense | Fashion-MNIST Clean (%)" in printed
+    result = json.loads((tmp_path / "res" / "eval_student_fashion_mnist.json").read_text())
+    assert list(result["attacks"]) == [*DEFAULT_ATTACKS, "transfer_pgd", "transfer_cw"]
+    assert result["n_examples"] == 8 and result["eps"] == pytest.approx(0.1)
+    assert result["defense"] == "student" and result["dataset"] == "fashion_mnist"
+    assert (tmp_path / "res" / "eval_student_fashion_mnist.md").exists()
+
+
+def test_counts_go_through_all_reduce_when_distributed(tmp_path: Path) -> None:
+    # A one-process gloo group: all_reduce is the identity, but the reduction path runs.
+    import torch.distributed as dist
+
+    model = small_cnn()
+    x, y = tensor_data(n=9, model=model)
+    local = evaluate(model, (x, y), ["fgsm"], eps=0.05, rank=1, world_size=2, **FAST)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        reduced = evaluate(model, (x, y), ["fgsm"], eps=0.05, rank=1, world_size=2, **FAST)
+    finally:
+        dist.destroy_process_group()
+    assert reduced["shard"] == {"rank": 1, "world_size": 2, "reduced": True}
+    assert not local["shard"]["reduced"]
+    assert _counts(reduced) == _counts(local) and reduced["n_examples"] == 4
