@@ -166,9 +166,16 @@ def _hash32_int(x: int) -> int:
     return x ^ (x >> 16)
 
 
-def _sample_keys(seed: int, ids: Tensor | Sequence[int], device: torch.device) -> Tensor:
+def _sample_keys(
+    seed: int, ids: Tensor | Sequence[int], device: torch.device, n: int | None = None
+) -> Tensor:
     """One 32-bit key per sample from a base seed and per-sample ids (e.g. dataset indices)."""
     ids = torch.as_tensor(ids, dtype=torch.int64).to(device)
+    if n is not None and tuple(ids.shape) != (n,):
+        raise ValueError(
+            "Parameter `sample_seeds` should hold one integer per image. "
+            f"Found shape {tuple(ids.shape)} for {n} images."
+        )
     return _hash32(_hash32(ids) ^ _hash32_int(seed ^ 0x5BD1E995))
 
 
@@ -307,7 +314,7 @@ def pgd(
     else:
         scale = eps if random_start == "uniform" else start_std
         if sample_seeds is not None:
-            keys = _sample_keys(0, sample_seeds, x.device)
+            keys = _sample_keys(0, sample_seeds, x.device, x.shape[0])
             noise = scale * _keyed_noise(keys, x.shape, random_start).to(x.dtype)
         elif random_start == "uniform":
             noise = torch.empty_like(x).uniform_(-eps, eps, generator=generator)
@@ -465,7 +472,7 @@ def square(
     n, c, h, w = x.shape
     device = x.device
     ids = torch.arange(n) if sample_seeds is None else sample_seeds
-    keys = _sample_keys(seed, ids, device)
+    keys = _sample_keys(seed, ids, device, n)
     queries = torch.zeros(n, dtype=torch.int64, device=device)
     rows = torch.arange(h, device=device)
     cols = torch.arange(w, device=device)
@@ -752,7 +759,7 @@ class Attack:
     ) -> Tensor:
         ids = torch.arange(x.shape[0]) if seeds is None else torch.as_tensor(seeds)
         # Fold the attack seed into the per-sample seeds (pgd's keyed start uses seed 0).
-        sample_seeds = _sample_keys(self.seed, ids, x.device)
+        sample_seeds = _sample_keys(self.seed, ids, x.device, x.shape[0])
         kw = dict(self.settings)
         if self.name == "fgsm":
             return fgsm(model, x, y, eps=kw["eps"])

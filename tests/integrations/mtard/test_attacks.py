@@ -334,6 +334,10 @@ def test_validation_errors_name_the_parameter() -> None:
             pgd(model, x, y, **kwargs)
     with pytest.raises(ValueError, match="`y`"):
         pgd(model, x, y[:3], **base)
+    with pytest.raises(ValueError, match="`sample_seeds`"):
+        pgd(model, x, y, sample_seeds=torch.arange(3), **base)
+    with pytest.raises(ValueError, match="`sample_seeds`"):
+        square(model, x, y, eps=0.1, sample_seeds=[0, 1])
     with pytest.raises(ValueError, match="`n_queries`"):
         square(model, x, y, eps=0.1, n_queries=0)
     with pytest.raises(ValueError, match="`p_init`"):
