@@ -24,15 +24,6 @@ from anl.integrations.mtard.evaluate import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread (and do not fight parallel test workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_cnn(channels: int = 1, size: int = 8, num_classes: int = 10, seed: int = 0):
     torch.manual_seed(seed)
     return nn.Sequential(
@@ -318,3 +309,37 @@ def test_counts_go_through_all_reduce_when_distributed(tmp_path: Path) -> None:
     assert reduced["shard"] == {"rank": 1, "world_size": 2, "reduced": True}
     assert not local["shard"]["reduced"]
     assert _counts(reduced) == _counts(local) and reduced["n_examples"] == 4
+
+
+def test_cli_with_a_real_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # A checkpoint written by checkpoints.save_model_checkpoint, as the training loop does.
+    from anl.integrations.mtard.checkpoints import save_model_checkpoint
+    from anl.integrations.mtard.models import build_model
+
+    info = DATASETS["fashion_mnist"]
+    g = torch.Generator().manual_seed(1)
+    data = ImageData(
+        torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8, generator=g),
+        torch.randint(0, 10, (10,), generator=g),
+        info,
+    )
+    monkeypatch.setattr("anl.integrations.mtard.data.load_dataset", lambda *a, **k: data)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=10, in_channels=1)
+    ckpt = tmp_path / "sat.pt"
+    save_model_checkpoint(
+        ckpt, model, arch="small_cnn", num_classes=10, in_channels=1,
+        extra={"dataset": "fashion_mnist"},
+    )  # fmt: skip
+    args = _parser().parse_args(
+        ["evaluate", str(ckpt), "--attacks", "fgsm", "pgd_sat", "--n-examples", "6",
+         "--no-progress", "--name", "SAT"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    result = json.loads((tmp_path / "eval_SAT_fashion_mnist.json").read_text())
+    expected = evaluate(model, data, ["fgsm", "pgd_sat"], n_examples=6, progress=False)
+    assert result["attacks"] == json.loads(json.dumps(expected["attacks"]))
+    assert result["clean"] == expected["clean"] and result["dataset"] == "fashion_mnist"
+    assert "| FGSM | SAT |" in capsys.readouterr().out
