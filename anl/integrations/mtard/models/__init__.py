@@ -23,7 +23,7 @@ upstream code of each architecture, so upstream checkpoints load strictly
 | ``wrn22_6`` | CIFAR-100 clean teacher | Gowal/RobustBench WRN-22-6, Swish | 9.66 M |
 | ``wrn70_16`` | CIFAR-100 adversarial teacher | Gowal/RobustBench WRN-70-16, Swish | 266.80 M |
 | ``small_cnn`` | Fashion-MNIST student | 2 conv + BN, 2-layer head | 0.21 M |
-| ``large_cnn`` | Fashion-MNIST teachers | 3 conv + BN, 2-layer head | 1.70 M |
+| ``large_cnn`` | Fashion-MNIST teachers | 3 conv + BN, 2-layer head | 1.69 M |
 """
 
 from __future__ import annotations
