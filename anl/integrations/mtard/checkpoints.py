@@ -152,7 +152,7 @@ def safe_load(path: PathLike, map_location: Any = "cpu") -> Any:
                 "re-save its tensors as a plain state dict."
             ) from exc
         raise _invalid_checkpoint(path, exc) from exc
-    except (PermissionError, IsADirectoryError, FileNotFoundError):
+    except (PermissionError, IsADirectoryError, FileNotFoundError, MemoryError):
         raise
     except RuntimeError as exc:
         if "device" in str(exc).lower() and "archive" not in str(exc):
