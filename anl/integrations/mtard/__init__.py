@@ -3,7 +3,8 @@
 Data flows one way: ``data -> models -> attacks -> methods -> loop -> evaluate -> reproduce``.
 Each piece is usable alone::
 
-    from anl.integrations.mtard import build_model, load_dataset, pgd, evaluate
+    from anl.integrations.mtard import build_model, load_dataset, pgd
+    from anl.integrations.mtard.evaluate import evaluate
     model = build_model("small_cnn", num_classes=10)
     test = load_dataset("fashion_mnist", "test")
     results = evaluate(model, test, ["fgsm", "pgd_sat"], n_examples=500)
@@ -37,11 +38,11 @@ from anl.integrations.mtard.data import (
     load_dataset,
     split_validation,
 )
-from anl.integrations.mtard.evaluate import evaluate, results_table, write_results
+from anl.integrations.mtard.evaluate import results_table, write_results
 from anl.integrations.mtard.loop import TrainConfig, train
 from anl.integrations.mtard.methods import METHODS, MethodContext, build_weighting
 from anl.integrations.mtard.models import build_model, model_names
-from anl.integrations.mtard.reproduce import load_profile, reproduce
+from anl.integrations.mtard.reproduce import load_profile
 
 __all__ = [
     "ATTACKS",
@@ -56,7 +57,6 @@ __all__ = [
     "build_model",
     "build_weighting",
     "cw_inf",
-    "evaluate",
     "fgsm",
     "load_dataset",
     "load_model",
@@ -66,7 +66,6 @@ __all__ = [
     "model_names",
     "pgd",
     "protocol",
-    "reproduce",
     "results_table",
     "robustbench_path",
     "safe_load",
