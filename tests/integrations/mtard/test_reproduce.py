@@ -1,0 +1,251 @@
+"""``anl-mtard reproduce`` end to end on a tiny subset of the real Fashion-MNIST, and its parts.
+
+One module-scoped run of the whole pipeline through the command line (a smaller version of
+the ``smoke`` profile: 96 training images, 1 epoch, 1-2 attack steps, 32 test points) is
+shared by the tests; the resume test works on a copy of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+
+from anl.integrations.mtard import data, evaluate, loop, reproduce
+from anl.integrations.mtard.models import build_model
+
+LABELS = list(reproduce.DEFENSE_LABELS.values())
+FIGURES = ("ablation", "total_loss", "relative_losses", "mtard_weights")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster when other processes share the
+    cores (two threads then oversubscribe them)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_profile() -> dict:
+    profile = copy.deepcopy(reproduce.load_profile("smoke"))
+    profile["name"] = "test"
+    profile["download"] = False
+    profile["train"].update(
+        batch_size=32, train_subset=96, val_size=32, val_batch_size=32, attack_steps=1
+    )
+    for spec in profile["teachers"].values():
+        spec["train"]["train_subset"] = 96
+    profile["evaluation"].update(n_examples=32, batch_size=32, square_queries=5)
+    profile["evaluation"]["attack_overrides"] = {
+        a: {"steps": 1} for a in ("pgd_sat", "pgd_trades", "cw_inf", "transfer_pgd", "transfer_cw")
+    }
+    reproduce.validate_profile(profile)
+    return profile
+
+
+def run_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    reproduce.register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["reproduce", *argv])
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce")
+    profile_path = root / "test.json"
+    profile_path.write_text(json.dumps(tiny_profile()))
+    out = root / "out"
+    argv = ["--profile", str(profile_path), "--out", str(out), "--no-progress"]
+    assert run_cli(argv) == 0
+    return out
+
+
+def test_smoke_writes_every_table_and_figure(smoke, capsys):
+    out = smoke
+    saved = json.loads((out / "config.json").read_text())
+    assert (
+        saved["name"] == "test" and saved["methods"] == reproduce.load_profile("smoke")["methods"]
+    )
+    for role in ("clean", "adv"):
+        assert (out / "teachers" / role / "final.pt").is_file()
+        assert (out / "eval" / f"teacher_{role}.json").is_file()
+    for method in reproduce.METHOD_ORDER:
+        run = out / "runs" / "small_cnn" / method / "seed0"
+        assert (run / "final.pt").is_file() and (run / "logs" / "epochs.csv").is_file()
+        result = json.loads((out / "eval" / f"small_cnn__{method}__seed0.json").read_text())
+        assert result["n_examples"] == 32
+        assert list(result["attacks"]) == reproduce.load_profile("smoke")["evaluation"]["attacks"]
+
+    white = (out / "white_box.md").read_text()
+    black = (out / "black_box.md").read_text()
+    for label in LABELS:
+        assert f"| {label} |" in white and f"| {label} |" in black, label
+    for title in ("FGSM", "PGD_SAT", "PGD_TRADES", "CW_inf"):
+        assert f"| {title} |" in white and f"| {title} |" not in black
+    for title in ("Transfer PGD_TRADES", "Transfer CW_inf", "Square"):
+        assert f"| {title} |" in black and f"| {title} |" not in white
+    ablation = (out / "ablation.md").read_text()
+    for variant in ("| Baseline |", "| Baseline+MT |", "| Baseline+MT+ANL (MTARD) |"):
+        assert variant in ablation
+    teachers = (out / "teachers.md").read_text()
+    assert "trained here" in teachers and "cannot be had on this machine" in teachers
+
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == len(reproduce.METHOD_ORDER)
+    assert set(results["aggregate"]["small_cnn"]) == set(reproduce.METHOD_ORDER)
+    assert results["teachers"]["adv"]["source"] == "trained here"
+    clean = results["aggregate"]["small_cnn"]["mtard"]["clean"]
+    assert clean["n"] == 1 and clean["std"] is None and 0 <= clean["mean"] <= 1
+
+    summary = (out / "summary.md").read_text()
+    for fragment in ("Wall time per stage", "torch", "Command:", "Claim 1", "MTARD clean − best"):
+        assert fragment in summary, fragment
+    assert "cannot be had on this machine" in summary
+
+    for name in FIGURES:
+        png = out / "figures" / f"{name}_small_cnn.png"
+        assert png.is_file() and png.stat().st_size > 1000, name
+    accuracy = sorted(p.name for p in (out / "figures" / "accuracy").glob("*.png"))
+    assert len(accuracy) == len(reproduce.METHOD_ORDER) + 2  # every run and both teachers
+    assert all(p.stat().st_size > 1000 for p in (out / "figures" / "accuracy").glob("*.png"))
+
+
+def test_existing_results_need_resume(smoke):
+    with pytest.raises(ValueError, match="resume"):
+        reproduce.reproduce(json.loads((smoke / "config.json").read_text()), smoke)
+
+
+def test_resume_skips_completed_stages(smoke, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(smoke, out)
+    profile = json.loads((out / "config.json").read_text())
+    # Simulate a reproduce killed after training MTARD's last epoch but before final.pt and
+    # its evaluation were written.
+    (out / "runs" / "small_cnn" / "mtard" / "seed0" / "final.pt").unlink()
+    (out / "eval" / "small_cnn__mtard__seed0.json").unlink()
+
+    calls = {"train": [], "evaluate": 0}
+    real_train, real_evaluate = loop.train, evaluate.evaluate
+
+    def counting_train(config, run_dir, **kwargs):
+        calls["train"].append((config.method, kwargs["resume"]))
+        return real_train(config, run_dir, **kwargs)
+
+    def counting_evaluate(*args, **kwargs):
+        calls["evaluate"] += 1
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train", counting_train)
+    monkeypatch.setattr(evaluate, "evaluate", counting_evaluate)
+    before = (out / "runs" / "small_cnn" / "sat" / "seed0" / "final.pt").stat().st_mtime_ns
+    results = reproduce.reproduce(profile, out, resume=True, plots=False, progress=False)
+    # Only the interrupted run: resumed from last.pt (all epochs done, so no new step).
+    assert calls == {"train": [("mtard", True)], "evaluate": 1}
+    assert (out / "runs" / "small_cnn" / "mtard" / "seed0" / "final.pt").is_file()
+    assert (out / "runs" / "small_cnn" / "sat" / "seed0" / "final.pt").stat().st_mtime_ns == before
+    statuses = {row["stage"]: row["status"] for row in results["stages"]}
+    assert statuses["teacher/adv"] == "skipped (complete)"
+    assert statuses["train/small_cnn/sat/seed0"] == "skipped (complete)"
+    assert statuses["train/small_cnn/mtard/seed0"] == "resumed"
+    assert statuses["evaluate/small_cnn__sat__seed0"] == "skipped (complete)"
+
+    # A second resume does no training and no evaluation at all.
+    monkeypatch.setattr(loop, "train", _forbidden)
+    monkeypatch.setattr(evaluate, "evaluate", _forbidden)
+    again = reproduce.reproduce(profile, out, resume=True, plots=False, progress=False)
+    assert again["aggregate"] == results["aggregate"]
+    assert (out / "white_box.md").read_text() == (smoke / "white_box.md").read_text()
+
+
+def _forbidden(*args, **kwargs):
+    raise AssertionError("a completed stage ran again")
+
+
+def test_resume_refuses_a_changed_configuration(smoke, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(smoke, out, ignore=shutil.ignore_patterns("*.png"))
+    profile = json.loads((out / "config.json").read_text())
+    profile["train"]["lr"] = 0.05
+    with pytest.raises(ValueError, match="another configuration"):
+        reproduce.reproduce(profile, out, resume=True, plots=False, progress=False)
+
+
+def test_transfer_examples_crafted_once_match_evaluate():
+    """Crafting on the surrogate once gives exactly evaluate()'s transfer results."""
+    test = data.load_dataset("fashion_mnist", "test", download=False, progress=False)
+    torch.manual_seed(0)
+    student, surrogate = build_model("small_cnn").eval(), build_model("small_cnn").eval()
+    overrides = {"transfer_pgd": {"steps": 2}, "transfer_cw": {"steps": 2}}
+    names = ["transfer_pgd", "transfer_cw"]
+    expected = evaluate.evaluate(
+        student, test, names, eps=0.1, batch_size=7, surrogate=surrogate, n_examples=20,
+        progress=False, seed=3, attack_overrides=overrides,
+    )  # fmt: skip
+    crafted = reproduce.craft_transfer(
+        surrogate, test, names, eps=0.1, n_examples=20, batch_size=8,
+        device=torch.device("cpu"), seed=3, attack_overrides=overrides,
+    )  # fmt: skip
+    got = reproduce._transfer_results(
+        student, test, crafted, batch_size=6, device=torch.device("cpu")
+    )
+    for name in names:
+        for key in ("correct", "adv_correct", "robust", "w_robust"):
+            assert got[name][key] == expected["attacks"][name][key], (name, key)
+
+
+def _agg(values: dict[str, tuple[list[float], list[float]]]) -> dict:
+    """An aggregate from {method: (clean per seed, robust per seed)} under two attacks."""
+    results = {}
+    for method, (clean, robust) in values.items():
+        for seed, (c, r) in enumerate(zip(clean, robust, strict=True)):
+            results["s", method, seed] = {
+                "train_seed": seed,
+                "clean": {"accuracy": c},
+                "attacks": {
+                    a: {"robust": r, "w_robust": evaluate.w_robust(c, r)}
+                    for a in ("pgd_trades", "square")
+                },
+            }
+    return reproduce.aggregate(results)
+
+
+def test_aggregate_and_tables_show_mean_and_sample_std():
+    agg = _agg({"sat": ([0.8, 0.9], [0.5, 0.3]), "mtard": ([0.9, 0.9], [0.4, 0.4])})
+    sat = agg["s"]["sat"]
+    assert sat["clean"]["mean"] == pytest.approx(0.85)
+    assert sat["clean"]["std"] == pytest.approx(0.0707107, rel=1e-5)  # n - 1 denominator
+    rows = reproduce._table_rows(agg["s"], "fashion_mnist", ["pgd_trades"])
+    table = evaluate.results_table(rows)
+    assert "| PGD_TRADES | SAT | 85.00 ± 7.07 | 40.00 ± 14.14 |" in table
+    assert table.index("| SAT |") < table.index("| MTARD |")  # the paper's row order
+
+
+def test_compare_with_claims_measures_each_claim():
+    agg = _agg(
+        {
+            "sat": ([0.80], [0.50]),
+            "rslad": ([0.82], [0.55]),
+            "mtard": ([0.86], [0.52]),
+            "baseline": ([0.70], [0.50]),
+            "baseline_mt": ([0.84], [0.45]),
+        }
+    )
+    c = reproduce.compare_with_claims(agg, ["pgd_trades", "square"])["s"]
+    assert c["clean"]["best_baseline"] == "rslad"
+    assert c["clean"]["delta"] == pytest.approx(4.0)
+    pgd = c["attacks"]["pgd_trades"]
+    assert pgd["robust"]["best_baseline"] == "rslad" and pgd["robust"]["delta"] == pytest.approx(
+        -3.0
+    )
+    assert pgd["w_robust"]["delta"] == pytest.approx(0.5) and pgd["w_robust_rank"] == 1
+    assert c["best_w_robust_count"] == 2
+    assert c["ablation"]["baseline_mt"]["clean"] == pytest.approx(84.0)
+    text = "\n".join(reproduce._claims_text({"s": c}))
+    assert "= +4.00 points" in text and "holds here" in text
