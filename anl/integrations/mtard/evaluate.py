@@ -77,6 +77,8 @@ def _batches(
     data: Any, indices: Tensor, batch_size: int, device: torch.device
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Yield ``(x, y, ids)`` for the samples at ``indices``, in order, ``ids`` on the CPU."""
+    if indices.numel() == 0:  # an empty shard (more ranks than points) has no batch
+        return
     if isinstance(data, tuple | list):
         images, labels = data
         for start in range(0, indices.numel(), batch_size):
@@ -232,7 +234,12 @@ def evaluate(
 
     reduced = False
     if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.SUM)
+        if torch.distributed.get_backend() == "nccl" and counts.device.type != "cuda":
+            on_gpu = counts.to(torch.device("cuda", torch.cuda.current_device()))
+            torch.distributed.all_reduce(on_gpu, op=torch.distributed.ReduceOp.SUM)
+            counts = on_gpu.cpu()
+        else:
+            torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.SUM)
         reduced = True
     values = counts.tolist()
     evaluated = values[0]
@@ -463,48 +470,72 @@ def _checkpoint_dataset(path: Path) -> str:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
+    """Run ``evaluate``; under ``torchrun`` each rank attacks its shard and rank 0 writes."""
+    from .loop import distributed_session
+
+    with distributed_session(args.device) as ddp:
+        return _evaluate_cli(args, ddp)
+
+
+def _evaluate_cli(args: argparse.Namespace, ddp: Any) -> int:
     from .checkpoints import load_model, load_teacher
     from .data import DATASETS, load_dataset
+    from .loop import resolve_device
 
+    device = args.device
+    if ddp.enabled:  # one device per process: "cuda" means cuda:LOCAL_RANK
+        device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", ddp.rank)))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
     dataset = args.dataset or _checkpoint_dataset(args.checkpoint)
     if dataset not in DATASETS:
         raise ValueError(
             f"Parameter `--dataset` should be one of {sorted(DATASETS)}. Found {dataset!r}."
         )
     info = DATASETS[dataset]
-    model = load_model(args.checkpoint, map_location=args.device)
+    model = load_model(args.checkpoint, map_location=device)
     surrogate = None
     if args.surrogate is not None:
         if args.surrogate_arch is None:
-            surrogate = load_model(args.surrogate, map_location=args.device)
+            surrogate = load_model(args.surrogate, map_location=device)
         else:
             surrogate = load_teacher(
                 args.surrogate,
                 arch=args.surrogate_arch,
                 num_classes=info.num_classes,
                 in_channels=info.channels,
-                map_location=args.device,
+                map_location=device,
             )
     attacks = args.attacks
     if attacks is None:
         attacks = list(DEFAULT_ATTACKS)
         if surrogate is not None:
             attacks += ["transfer_pgd", "transfer_cw"]
-    progress = not args.no_progress
-    data = load_dataset(dataset, "test", data_dir=args.data_dir, progress=progress)
+    progress = not args.no_progress and ddp.main
+    # One process per node downloads a missing dataset; the others wait, then read it.
+    node_main = not ddp.enabled or int(os.environ.get("LOCAL_RANK", ddp.rank)) == 0
+    if node_main:
+        data = load_dataset(dataset, "test", data_dir=args.data_dir, progress=progress)
+    ddp.barrier()
+    if not node_main:
+        data = load_dataset(dataset, "test", data_dir=args.data_dir, progress=False)
     results = evaluate(
         model,
         data,
         attacks,
         eps=args.eps,
         batch_size=args.batch_size,
-        device=args.device,
+        device=device,
         surrogate=surrogate,
         n_examples=args.n_examples,
         square_queries=args.square_queries,
         progress=progress,
         seed=args.seed,
+        rank=ddp.rank,
+        world_size=ddp.world_size,
     )
+    if not ddp.main:
+        return 0
     name = args.name or args.checkpoint.stem
     results["defense"] = name
     results["checkpoint"] = str(args.checkpoint)

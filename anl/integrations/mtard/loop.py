@@ -28,17 +28,27 @@ The step never synchronises host and device: the per-step log rows (losses, tota
 relative losses) stay on the device and are read back in one block every ``log_every`` steps;
 the finiteness of the total loss is checked on that block.
 
-Data parallelism: when ``torch.distributed`` is initialised (e.g. by ``torchrun``) the student is
-wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, each rank reads a disjoint shard
-of every epoch, and ``batch_size`` stays the *global* batch: each rank takes
-``batch_size // world_size`` images (``batch_size`` must be divisible by ``world_size``). Only
-rank 0 writes files; validation is sharded exactly and its counts summed over ranks.
+Data parallelism (``docs/distributed.md``): under ``torchrun`` :func:`train` joins the process
+group itself (:func:`distributed_session`: NCCL on GPUs, Gloo on CPUs, one GPU per
+``LOCAL_RANK``) and leaves it at the end. The student is wrapped in
+:class:`~torch.nn.parallel.DistributedDataParallel`, each rank reads a disjoint shard of every
+epoch's permutation, and ``batch_size`` stays the *global* batch: each rank takes
+``batch_size // world_size`` images (``batch_size`` must be divisible by ``world_size``), so
+the averaged gradient, the balancer's averaged losses and hence the learning rate mean the same
+as in one process. The teachers are replicated, frozen. Each rank attacks its own shard through
+the DDP module: ``torch.autograd.grad`` with respect to the input never runs the parameters'
+gradient-accumulation nodes, where DDP's all-reduce hooks live, and DDP's pre-forward buffer
+broadcast makes every rank attack the same model. BatchNorm keeps per-rank batch statistics
+with rank 0's running statistics (plain DDP; ``sync_bn`` for SyncBatchNorm on GPUs), and the
+buffers are re-broadcast from rank 0 at the end of each epoch. Only rank 0 writes files;
+validation is sharded exactly and its counts summed over ranks.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import csv
 import dataclasses
 import json
@@ -47,7 +57,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,11 +80,14 @@ __all__ = [
     "VAL_ATTACKS",
     "NonFiniteLossError",
     "TrainConfig",
+    "distributed_backend",
+    "distributed_session",
     "fold_batchnorm",
     "load_teacher_model",
     "milestone_epochs",
     "prepare_teacher",
     "register_cli",
+    "resolve_device",
     "run_train_cli",
     "train",
     "validate",
@@ -592,20 +605,118 @@ def _dist_info() -> _Dist:
     return _Dist()
 
 
-def _resolve_device(config: TrainConfig, ddp: _Dist) -> torch.device:
-    if config.device != "auto":
-        device = torch.device(config.device)
-        if device.type == "cuda" and device.index is None:
-            index = int(os.environ.get("LOCAL_RANK", 0)) if ddp.enabled else 0
-            device = torch.device("cuda", index)
-    elif torch.cuda.is_available():
-        index = int(os.environ.get("LOCAL_RANK", ddp.rank)) if ddp.enabled else 0
-        device = torch.device("cuda", index % torch.cuda.device_count())
-    else:
-        device = torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
+def _launched_by_torchrun() -> bool:
+    """Whether the environment holds a process group's coordinates (``torchrun``, or any
+    launcher that sets ``RANK`` and ``WORLD_SIZE`` for ``init_method="env://"``)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of the process group, or of the launcher's environment, or a lone process."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _local_rank(ddp: _Dist) -> int | None:
+    """This process's index on its node (``LOCAL_RANK``); None for a single process."""
+    if not ddp.enabled:
+        return None
+    return int(os.environ.get("LOCAL_RANK", ddp.rank))
+
+
+def resolve_device(device: str = "auto", local_rank: int | None = None) -> torch.device:
+    """The device of this process.
+
+    ``"auto"`` is ``cuda:<local_rank>`` (modulo the number of GPUs) when CUDA is available and
+    ``cpu`` otherwise; ``"cuda"`` without an index is ``cuda:<local_rank>``; anything else is
+    used as given. ``local_rank`` is ``LOCAL_RANK`` under ``torchrun`` and ``None`` (index 0)
+    for a single process.
+
+    Example:
+        >>> resolve_device("cpu", local_rank=3)
+        device(type='cpu')
+        >>> resolve_device("cuda", local_rank=3)
+        device(type='cuda', index=3)
+    """
+    index = local_rank or 0
+    if device == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", index % torch.cuda.device_count())
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", index)
+    return resolved
+
+
+def distributed_backend(device: str = "auto") -> str:
+    """``"nccl"`` for CUDA devices (``"auto"`` when CUDA is available), ``"gloo"`` otherwise.
+
+    Example:
+        >>> distributed_backend("cpu")
+        'gloo'
+    """
+    if device == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+@contextlib.contextmanager
+def distributed_session(device: str = "auto") -> Iterator[_Dist]:
+    """Join the process group that ``torchrun`` describes, for the duration of the block.
+
+    Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` in the environment) and with
+    ``torch.distributed`` not yet initialised, calls ``init_process_group(backend,
+    init_method="env://")`` with :func:`distributed_backend` of ``device`` (NCCL on GPUs, Gloo
+    on CPUs; for NCCL the process's GPU, :func:`resolve_device` of ``LOCAL_RANK``, is selected
+    first) and destroys the group on exit. A group initialised by the caller is used as it is
+    and left alone; a plain process runs alone. Yields the rank and world size.
+
+    Example:
+        >>> with distributed_session("cpu") as ddp:  # not under torchrun: a lone process
+        ...     (ddp.rank, ddp.world_size)
+        (0, 1)
+    """
+    initialised = False
+    if _launched_by_torchrun() and dist.is_available() and not dist.is_initialized():
+        backend = distributed_backend(device)
+        if backend == "nccl":
+            local_rank = int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+            torch.cuda.set_device(resolve_device(device, local_rank))
+        dist.init_process_group(backend=backend, init_method="env://")
+        initialised = True
+    try:
+        yield _dist_info()
+    finally:
+        if initialised and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _broadcast_buffers(module: nn.Module, ddp: _Dist) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DistributedDataParallel broadcasts rank 0's buffers before each forward with gradients,
+    so after the last forward of an epoch each rank holds its own statistics update. This
+    makes the replicas identical again before validation and checkpoints (one broadcast per
+    dtype, a no-op for a single process).
+    """
+    if not ddp.enabled:
+        return
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for buffer in module.buffers():
+        groups.setdefault((buffer.dtype, buffer.device), []).append(buffer)
+    nccl = dist.get_backend() == "nccl"
+    for (_, device), buffers in groups.items():
+        flat = torch.cat([b.detach().reshape(-1) for b in buffers])
+        if nccl and device.type != "cuda":
+            flat = flat.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.broadcast(flat, src=0)
+        offset = 0
+        with torch.no_grad():
+            for b in buffers:
+                b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                offset += b.numel()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -765,16 +876,30 @@ def _config_differences(saved: TrainConfig, given: TrainConfig) -> list[str]:
 
 
 def _prepare_data(
-    config: TrainConfig, train_data: _data.ImageData | None, progress: bool
+    config: TrainConfig,
+    train_data: _data.ImageData | None,
+    progress: bool,
+    ddp: _Dist | None = None,
 ) -> tuple[_data.ImageData, _data.ImageData | None]:
     if train_data is None:
-        train_data = _data.load_dataset(
-            config.dataset,
-            "train",
-            data_dir=config.data_dir,
-            download=config.download,
-            progress=progress,
-        )
+        ddp = ddp or _Dist()
+
+        def load() -> _data.ImageData:
+            return _data.load_dataset(
+                config.dataset,
+                "train",
+                data_dir=config.data_dir,
+                download=config.download,
+                progress=progress,
+            )
+
+        # One process per node downloads a missing dataset; the others wait, then read it.
+        node_main = _local_rank(ddp) in (None, 0)
+        if node_main:
+            train_data = load()
+        ddp.barrier()
+        if not node_main:
+            train_data = load()
     if config.val_size >= len(train_data):
         _bad("val_size", config.val_size, f"smaller than the {len(train_data)} training images")
     val_data = None
@@ -847,9 +972,9 @@ def train(
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     try:
-        return _Trainer(config, run_dir, progress=progress, train_data=train_data).run(
-            resume=resume, stop_after_epochs=stop_after_epochs
-        )
+        with distributed_session(config.device):
+            trainer = _Trainer(config, run_dir, progress=progress, train_data=train_data)
+            return trainer.run(resume=resume, stop_after_epochs=stop_after_epochs)
     finally:
         torch.use_deterministic_algorithms(previous_deterministic, warn_only=previous_warn_only)
         torch.backends.cudnn.benchmark = previous_benchmark
@@ -870,7 +995,9 @@ class _Trainer:
         self.run_dir = run_dir
         self.ddp = _dist_info()
         self.progress = progress and self.ddp.main
-        self.device = _resolve_device(config, self.ddp)
+        self.device = resolve_device(config.device, _local_rank(self.ddp))
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         self.info = _data.DATASETS[config.dataset]
         self.spec = _methods.METHODS[config.method]
         self.paths = {
@@ -888,9 +1015,13 @@ class _Trainer:
                 config.batch_size,
                 f"divisible by the world size {self.ddp.world_size} (it is the global batch)",
             )
+        if self.ddp.enabled and config.sync_bn and self.device.type != "cuda":
+            _bad("sync_bn", True, "False on CPU devices (torch's SyncBatchNorm needs CUDA)")
 
         # Data: validation split first (independent of train_subset), then the subset.
-        train_set, val_set = _prepare_data(config, train_data, progress and self.ddp.main)
+        train_set, val_set = _prepare_data(
+            config, train_data, progress and self.ddp.main, ddp=self.ddp
+        )
         self.loader = _data.BatchLoader(
             train_set,
             config.batch_size // self.ddp.world_size,
@@ -985,10 +1116,18 @@ class _Trainer:
     def run(self, *, resume: bool, stop_after_epochs: int | None) -> dict[str, Any]:
         config, paths = self.config, self.paths
         resumed = False
-        if resume and paths["last"].exists():
+        has_last = paths["last"].exists()
+        seen = self.ddp.gather_objects(has_last)
+        if len(set(seen)) > 1:
+            raise ValueError(
+                f"The ranks disagree on whether {paths['last']} exists (rank k sees {seen}[k]): "
+                "under torch.distributed the run directory must be on a file system that "
+                "every rank shares."
+            )
+        if resume and has_last:
             self._load_last()
             resumed = True
-        elif not resume and paths["last"].exists():
+        elif not resume and has_last:
             raise ValueError(
                 f"The run directory {str(self.run_dir)!r} already holds a run "
                 f"({paths['last']}). Pass `resume=True` (--resume) or choose another directory."
@@ -1142,6 +1281,9 @@ class _Trainer:
         if pending:
             flush()
         bar.close()
+        # Under DDP each rank's BatchNorm statistics took their own last update: make every
+        # replica rank 0's again before it is validated and saved.
+        _broadcast_buffers(self.student, self.ddp)
 
         val = {"clean": float("nan"), "robust": float("nan"), "wrobust": float("nan")}
         if self.val_loader is not None:
@@ -1489,7 +1631,7 @@ def run_train_cli(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         stop_after_epochs=args.stop_after_epochs,
     )
-    if _dist_info().main:
+    if _is_main_process():
         final = result["final"] or {}
         print(
             f"{result['method']} on {result['dataset']}: {result['epochs_completed']} epochs, "
