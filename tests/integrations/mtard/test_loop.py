@@ -404,3 +404,38 @@ def test_train_subcommand_end_to_end(teachers, tmp_path, monkeypatch, capsys):
     args = parser.parse_args(["train", "--out", str(tmp_path / "new"), "--epochs", "1"])
     assert args.func(args) == 2  # missing --method/--dataset/--student: a message, not a crash
     assert "required fields ['method', 'dataset', 'student']" in capsys.readouterr().err
+
+
+def test_speed_options_are_validated_and_keep_the_result(teachers, tmp_path):
+    """``memory_format``, ``amp`` and ``compile`` (docs/benchmarks.md): checked like every
+    field; the channels-last layout (the CPU default) trains the same student as the
+    contiguous one up to float rounding, and bf16 autocast runs end to end."""
+    for name, override in {
+        "memory_format": dict(memory_format="nhwc"),
+        "amp": dict(amp=1),
+        "compile": dict(compile="no"),
+    }.items():
+        with pytest.raises(ValueError, match=name):
+            make_config(teachers, **override)
+    assert L.resolve_memory_format("auto", "cpu") is torch.channels_last
+    assert L.resolve_memory_format("auto", "cuda") is torch.contiguous_format
+    assert L.resolve_memory_format("contiguous", "cpu") is torch.contiguous_format
+    finals = {}
+    for name, override in {
+        "channels_last": dict(memory_format="channels_last"),
+        "contiguous": dict(memory_format="contiguous"),
+        "amp": dict(amp=True),
+    }.items():
+        config = make_config(teachers, epochs=1, **override)
+        result = L.train(config, tmp_path / name, progress=False, train_data=tiny_data())
+        finals[name] = checkpoints.load_model(result["paths"]["final"]).state_dict()
+    torch.manual_seed(0)  # the loop's initialisation (seed 0)
+    initial = build_model("small_cnn", num_classes=10, in_channels=1).state_dict()
+    for key, value in finals["contiguous"].items():
+        torch.testing.assert_close(finals["channels_last"][key], value, rtol=1e-4, atol=1e-5)
+    moved = [
+        k
+        for k, v in finals["amp"].items()
+        if v.is_floating_point() and not torch.equal(v, initial[k])
+    ]
+    assert moved and all(torch.isfinite(v).all() for v in finals["amp"].values())
