@@ -122,9 +122,9 @@ def test_existing_results_need_resume(smoke):
         reproduce.reproduce(json.loads((smoke / "config.json").read_text()), smoke)
 
 
-def test_resume_skips_completed_stages(smoke, tmp_path, monkeypatch):
-    out = tmp_path / "out"
-    shutil.copytree(smoke, out)
+def test_resume_skips_completed_stages(smoke, monkeypatch):
+    out = smoke  # in place: ends as complete as it started
+    table = (out / "white_box.md").read_text()
     profile = json.loads((out / "config.json").read_text())
     # Simulate a reproduce killed after training MTARD's last epoch but before final.pt and
     # its evaluation were written.
@@ -155,12 +155,30 @@ def test_resume_skips_completed_stages(smoke, tmp_path, monkeypatch):
     assert statuses["train/small_cnn/sat/seed0"] == "skipped (complete)"
     assert statuses["train/small_cnn/mtard/seed0"] == "resumed"
     assert statuses["evaluate/small_cnn__sat__seed0"] == "skipped (complete)"
+    assert statuses["evaluate/small_cnn__mtard__seed0"] == "ran"
+    assert (out / "white_box.md").read_text() == table  # same weights, same evaluation
 
     # A second resume does no training and no evaluation at all.
     monkeypatch.setattr(loop, "train", _forbidden)
     monkeypatch.setattr(evaluate, "evaluate", _forbidden)
     again = reproduce.reproduce(profile, out, resume=True, plots=False, progress=False)
     assert again["aggregate"] == results["aggregate"]
+    # Skipped stages report the time they took when they ran.
+    rows = {row["stage"]: row for row in again["stages"]}
+    assert rows["train/small_cnn/sat/seed0"]["earlier_s"] > 0
+    assert rows["train/small_cnn/mtard/seed0"]["status"] == "skipped (complete)"
+    assert "When it ran, if earlier" in (out / "summary.md").read_text()
+
+
+def test_moved_results_directory_resumes_without_work(smoke, tmp_path, monkeypatch):
+    out = tmp_path / "moved"
+    shutil.copytree(smoke, out, ignore=shutil.ignore_patterns("*.png"))
+    profile = json.loads((out / "config.json").read_text())
+    monkeypatch.setattr(loop, "train", _forbidden)
+    monkeypatch.setattr(evaluate, "evaluate", _forbidden)
+    results = reproduce.reproduce(profile, out, resume=True, plots=False, progress=False)
+    assert all(r["run_dir"].startswith(str(out)) for r in results["runs"])
+    assert all(t["checkpoint"].startswith(str(out)) for t in results["teachers"].values())
     assert (out / "white_box.md").read_text() == (smoke / "white_box.md").read_text()
 
 
