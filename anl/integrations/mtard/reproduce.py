@@ -897,76 +897,87 @@ def evaluate_students(
     device = _device(profile)
     eval_dir = out / "eval"
     attacks = settings["attacks"]
-    crafted: dict[str, dict[str, Any]] | None = None
-    surrogate: nn.Module | None = None
 
-    def get_crafted() -> dict[str, dict[str, Any]]:
-        nonlocal crafted, surrogate
-        if crafted is None:
-            transfer = [a for a in attacks if a.startswith("transfer_")]
-            with stages.stage("evaluate/craft-transfer"):
-                surrogate = teachers["adv"].load(info, device)
-                crafted = craft_transfer(
-                    surrogate,
-                    test_data,
-                    transfer,
-                    eps=settings["eps"],
-                    n_examples=settings["n_examples"],
-                    batch_size=settings["batch_size"],
-                    device=device,
-                    seed=settings["seed"],
-                    attack_overrides=settings["attack_overrides"],
-                    progress=progress,
-                )
-        return crafted
+    # The evaluations to run: (file stem, checkpoint, loader, attacks, record fields).
+    jobs = []
+    for role, teacher in teachers.items():
+        jobs.append(
+            (
+                f"teacher_{role}",
+                teacher.checkpoint,
+                lambda t=teacher: t.load(info, device),
+                [a for a in TABLE1_ATTACKS if a in attacks] or list(TABLE1_ATTACKS[:1]),
+                {"defense": teacher.label, "role": role},
+            )
+        )
+    for student, method, seed in runs:
+        checkpoint = _checkpoint_path(_run_dir(out, student, method, seed), settings["checkpoint"])
+        jobs.append(
+            (
+                f"{student}__{method}__seed{seed}",
+                checkpoint,
+                lambda c=checkpoint: _checkpoints.load_model(c, map_location=device),
+                attacks,
+                {
+                    "defense": DEFENSE_LABELS[method],
+                    "student": student,
+                    "method": method,
+                    "train_seed": seed,
+                },
+            )
+        )
 
-    def run(name: str, load: Any, wanted: Sequence[str], extra: dict[str, Any]) -> dict[str, Any]:
+    def complete(name: str, checkpoint: Path, wanted: Sequence[str]) -> bool:
+        key = _checkpoint_key(checkpoint, out)
+        return resume and _eval_complete(
+            eval_dir / f"{name}.json", wanted, settings, key, checkpoint
+        )
+
+    # Transfer examples: crafted once on the adversarial teacher, if any evaluation needs them.
+    crafted = None
+    transfer = [a for a in attacks if a.startswith("transfer_")]
+    if transfer and any(not complete(n, c, w) for n, c, _, w, _ in jobs if set(w) & set(transfer)):
+        with stages.stage("evaluate/craft-transfer"):
+            crafted = craft_transfer(
+                teachers["adv"].load(info, device),
+                test_data,
+                transfer,
+                eps=settings["eps"],
+                n_examples=settings["n_examples"],
+                batch_size=settings["batch_size"],
+                device=device,
+                seed=settings["seed"],
+                attack_overrides=settings["attack_overrides"],
+                progress=progress,
+            )
+
+    results: dict[str, dict[str, Any]] = {}
+    for name, checkpoint, load, wanted, extra in jobs:
         path = eval_dir / f"{name}.json"
         with stages.stage(f"evaluate/{name}") as row:
-            checkpoint = Path(extra["checkpoint"])
-            key = _checkpoint_key(checkpoint, out)
-            if resume and _eval_complete(path, wanted, settings, key, checkpoint):
+            if complete(name, checkpoint, wanted):
                 row["status"] = "skipped (complete)"
-                return json.loads(path.read_text())
-            need_transfer = any(a.startswith("transfer_") for a in wanted)
+                results[name] = json.loads(path.read_text())
+                continue
             result = _evaluate_model(
                 load(),
                 test_data,
                 settings,
                 wanted,
-                crafted=get_crafted() if need_transfer else None,
+                crafted=crafted,
                 device=device,
                 progress=progress,
             )
-            result.update(extra, checkpoint_key=key, eval_settings=_json_settings(settings))
+            result.update(
+                extra,
+                checkpoint=str(checkpoint),
+                checkpoint_key=_checkpoint_key(checkpoint, out),
+                eval_settings=_json_settings(settings),
+            )
             _evaluate.write_results(result, eval_dir, name, defense=extra["defense"])
-            return result
-
-    teacher_results = {}
-    for role, teacher in teachers.items():
-        wanted = [a for a in TABLE1_ATTACKS if a in attacks] or list(TABLE1_ATTACKS[:1])
-        teacher_results[role] = run(
-            f"teacher_{role}",
-            lambda t=teacher: t.load(info, device),
-            wanted,
-            {"defense": teacher.label, "checkpoint": str(teacher.checkpoint), "role": role},
-        )
-    student_results = {}
-    which = settings["checkpoint"]
-    for student, method, seed in runs:
-        checkpoint = _checkpoint_path(_run_dir(out, student, method, seed), which)
-        student_results[student, method, seed] = run(
-            f"{student}__{method}__seed{seed}",
-            lambda c=checkpoint: _checkpoints.load_model(c, map_location=device),
-            attacks,
-            {
-                "defense": DEFENSE_LABELS[method],
-                "checkpoint": str(checkpoint),
-                "student": student,
-                "method": method,
-                "train_seed": seed,
-            },
-        )
+            results[name] = result
+    teacher_results = {role: results[f"teacher_{role}"] for role in teachers}
+    student_results = {(s, m, k): results[f"{s}__{m}__seed{k}"] for s, m, k in runs}
     return teacher_results, student_results
 
 

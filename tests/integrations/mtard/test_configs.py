@@ -128,18 +128,22 @@ def test_paper_profile_one_training_step_of_every_method(name, tmp_path):
         spec["kwargs"] = {**spec.get("kwargs", {}), **SMALL_TEACHERS.get(spec["arch"], {})}
     reproduce.validate_profile(profile)
 
-    teachers = {}
     for role, spec in profile["teachers"].items():
         path = reproduce.teacher_path(profile, role)
         assert path.is_relative_to(tmp_path / "models")
         _save_random_teacher(path, spec["arch"], info.num_classes, spec["kwargs"])
-        teacher = reproduce.Teacher(
-            role, spec["arch"], spec["label"], "loaded", path, True, spec["kwargs"]
-        )
+    stages = reproduce._Stages(tmp_path / "out" / "stages.json")
+    found = reproduce.prepare_teachers(
+        profile, tmp_path / "out", train_data=None, stages=stages, resume=False, progress=False
+    )
+    assert [row["status"] for row in stages.rows] == ["loaded", "loaded"]
+    teachers = {}
+    for role, teacher in found.items():
+        assert teacher.source == "loaded" and teacher.foreign
         teachers[role] = teacher.load(info, torch.device("cpu"))
         assert not teachers[role].training
         assert all(not p.requires_grad for p in teachers[role].parameters())
-    teacher_paths = {role: "unused.pt" for role in teachers}
+    teacher_paths = {role: str(teacher.checkpoint) for role, teacher in found.items()}
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 32, 32, generator=g)
@@ -222,6 +226,11 @@ def test_loaded_teacher_needs_model_dir(tmp_path):
     assert reproduce.teacher_path(profile, "adv") == (
         checkpoints.robustbench_path(tmp_path, "cifar10", "Zhang2019Theoretically")
     )
+    stages = reproduce._Stages(tmp_path / "stages.json")
+    with pytest.raises(FileNotFoundError, match=r"cifar10_resnet56-187c023a\.pt"):
+        reproduce.prepare_teachers(
+            profile, tmp_path, train_data=None, stages=stages, resume=False, progress=False
+        )
 
 
 def test_apply_overrides():

@@ -167,6 +167,7 @@ def test_resume_skips_completed_stages(smoke, monkeypatch):
     rows = {row["stage"]: row for row in again["stages"]}
     assert rows["train/small_cnn/sat/seed0"]["earlier_s"] > 0
     assert rows["train/small_cnn/mtard/seed0"]["status"] == "skipped (complete)"
+    assert "evaluate/craft-transfer" not in rows  # nothing left to evaluate
     assert "When it ran, if earlier" in (out / "summary.md").read_text()
 
 
