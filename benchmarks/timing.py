@@ -11,6 +11,9 @@ Measurement rules (the same in every benchmark):
   ``median(candidate) / median(reference)``; the median of the per-repeat ratios is reported too
   (it cancels load that changes between repeats).
 - On a GPU the device is synchronised before reading the clock (``torch.cuda.synchronize``).
+- Other processes sharing the CPU slow a multi-threaded run far more than their share, so by
+  default each round of repeats waits (up to ``--wait-timeout`` seconds) until at least
+  ``--wait-idle`` (90%) of the CPU is idle; the idle fractions seen are kept in the JSON.
 """
 
 from __future__ import annotations
@@ -35,12 +38,14 @@ __all__ = [
     "Timing",
     "base_parser",
     "fit_line",
+    "idle_fraction",
     "machine_info",
     "parse_args",
     "print_machine",
     "print_table",
     "ratio",
     "time_interleaved",
+    "wait_for_idle",
     "write_results",
 ]
 
@@ -54,6 +59,7 @@ class Timing:
 
     name: str
     samples: list[float] = field(default_factory=list)
+    idle: list[float | None] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -74,12 +80,55 @@ class Timing:
             "min_s": self.min,
             "spread": self.spread,
             "samples_s": list(self.samples),
+            "idle_before_round": list(self.idle),
         }
 
 
 def _synchronize(device: torch.device | str | None) -> None:
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(idle, total) jiffies of all CPUs from ``/proc/stat``; None where it does not exist."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    values = [float(v) for v in fields[:8]]
+    return values[3] + values[4], sum(values)
+
+
+def idle_fraction(window: float = 0.5) -> float | None:
+    """The fraction of CPU time no process used over the next ``window`` seconds."""
+    first = _cpu_times()
+    if first is None:
+        return None
+    time.sleep(window)
+    second = _cpu_times()
+    total = second[1] - first[1]
+    return (second[0] - first[0]) / total if total > 0 else None
+
+
+# Set by ``--wait-idle`` (see :func:`parse_args`): the idle fraction to wait for before each
+# round of repeats, and the longest wait.
+WAIT_IDLE: dict[str, float] = {"threshold": 0.0, "timeout": 0.0}
+
+
+def wait_for_idle(threshold: float, timeout: float, window: float = 0.5) -> float | None:
+    """Wait (at most ``timeout`` s) until the machine is at least ``threshold`` idle.
+
+    Other processes sharing the CPU slow a multi-threaded run down far more than their share
+    (threads wait for each other at every parallel region). Returns the last idle fraction
+    seen (None where ``/proc/stat`` is missing).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        idle = idle_fraction(window)
+        if idle is None or idle >= threshold or time.monotonic() >= deadline:
+            return idle
+        time.sleep(window)
 
 
 def time_interleaved(
@@ -98,6 +147,9 @@ def time_interleaved(
         warmup: untimed calls of each candidate before the first repeat.
         inner: calls per repeat (for calls too short to time one at a time).
         device: synchronise this CUDA device around each timed block (no-op on CPU).
+
+    With ``--wait-idle`` (:data:`WAIT_IDLE`), each round of repeats starts once the machine is
+    idle enough; the idle fractions seen are kept in :attr:`Timing.idle`.
     """
     if repeats < 1 or warmup < 0 or inner < 1:
         raise ValueError(
@@ -110,6 +162,10 @@ def time_interleaved(
     _synchronize(device)
     timings = {name: Timing(name) for name in candidates}
     for _ in range(repeats):
+        if WAIT_IDLE["threshold"] > 0:
+            idle = wait_for_idle(WAIT_IDLE["threshold"], WAIT_IDLE["timeout"])
+            for timing in timings.values():
+                timing.idle.append(idle)
         for name, fn in candidates.items():
             _synchronize(device)
             start = time.perf_counter()
@@ -173,6 +229,8 @@ def machine_info() -> dict[str, Any]:
     }
     if hasattr(os, "getloadavg"):
         info["load_average_1m"] = round(os.getloadavg()[0], 2)
+    idle = idle_fraction(0.5)
+    info["idle_fraction"] = None if idle is None else round(idle, 3)
     return info
 
 
@@ -190,6 +248,15 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.9,
+        metavar="FRACTION",
+        help="before each round of repeats, wait (at most --wait-timeout s) until this fraction "
+        "of the CPU is idle; 0 disables",
+    )
+    parser.add_argument("--wait-timeout", type=float, default=120.0)
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -205,6 +272,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
         if args.threads < 1:
             parser.error(f"--threads should be >= 1, found {args.threads}")
         torch.set_num_threads(args.threads)
+    WAIT_IDLE["threshold"] = max(0.0, min(1.0, args.wait_idle))
+    WAIT_IDLE["timeout"] = max(0.0, args.wait_timeout)
     return args
 
 
@@ -252,7 +321,7 @@ def print_machine() -> dict[str, Any]:
     print(
         f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} "
         f"({info['torch_threads']} threads), {info['platform']}, {info['date']}, "
-        f"load {info.get('load_average_1m')}",
+        f"load {info.get('load_average_1m')}, idle {info.get('idle_fraction')}",
         flush=True,
     )
     return info

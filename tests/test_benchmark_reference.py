@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from anl.integrations.mtard import methods
 from benchmarks.reference_mtard import ReferenceMTARD, official_kl
@@ -178,3 +179,36 @@ def test_benchmarked_pair_agrees_up_to_layout_rounding():
     assert differ < 1e-3
     for name in ("adv", "nat", "total"):
         torch.testing.assert_close(out[name].detach(), ref[name], rtol=1e-4, atol=1e-6)
+
+
+class _HostReads(TorchFunctionMode):
+    """Records the tensor operations that read a value back to the host (a device sync)."""
+
+    SYNCING = frozenset(
+        {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu"}
+        | {"nonzero", "equal", "allclose", "is_nonzero"}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.SYNCING:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_our_step_reads_nothing_back_the_reference_does():
+    # On a GPU each of these reads is a host-device synchronisation (benchmarks/gpu_checks.py
+    # checks the same with torch.cuda.set_sync_debug_mode("error")).
+    w = build_workload("fmnist", batch_size=8, attack_steps=2, seed=1)
+    ours, reference = w.our_step(), w.reference_step()
+    ours(), reference()  # first steps record L(0)
+    with _HostReads() as spy:
+        ours()
+    assert spy.seen == []
+    with _HostReads() as spy:
+        reference()
+    assert spy.seen.count("item") == 3  # two losses for ANL, the total for logging
