@@ -37,6 +37,13 @@ Results directory::
 finished run with ``final.pt`` and the same configuration; an evaluation JSON with the same
 attacks), continues interrupted training runs from ``checkpoints/last.pt``, and redoes the
 rest, so a killed ``reproduce`` picks up where it stopped.
+
+Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` in the environment) the whole pipeline runs in
+one process group (:func:`loop.distributed_session`, created once for every stage): each
+training run is data-parallel (:func:`loop.train`), each evaluation and the transfer crafting
+attack the exact shard ``indices[rank::world_size]`` with the counts summed over ranks (the
+numbers equal the single-process ones), and only rank 0 writes files and draws progress bars.
+Every rank returns the same results. ``out`` must be on a file system every rank shares.
 """
 
 from __future__ import annotations
@@ -492,15 +499,17 @@ class _Stages:
     path: Path
     rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     history: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    main: bool = True  # rank 0 (or a lone process): the one that logs and writes the file
 
     def __post_init__(self) -> None:
-        if self.path.exists():
+        if self.main and self.path.exists():
             with contextlib.suppress(json.JSONDecodeError):
                 self.history = json.loads(self.path.read_text())
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
-        logger.info("stage %s: start", name)
+        if self.main:
+            logger.info("stage %s: start", name)
         row: dict[str, Any] = {"stage": name, "status": "ran"}
         start = time.perf_counter()
         try:
@@ -512,9 +521,22 @@ class _Stages:
                     row["earlier_s"] = self.history[name]["wall_s"]
             else:
                 self.history[name] = {"status": row["status"], "wall_s": row["wall_s"]}
-                _write_text(self.path, json.dumps(self.history, indent=2) + "\n")
+                if self.main:
+                    _write_text(self.path, json.dumps(self.history, indent=2) + "\n")
             self.rows.append(row)
-            logger.info("stage %s: %s in %.1f s", name, row["status"], row["wall_s"])
+            if self.main:
+                logger.info("stage %s: %s in %.1f s", name, row["status"], row["wall_s"])
+
+
+def _agree(value: Any, what: str) -> None:
+    """Raise on every rank when the ranks see different ``value`` (a no-op for one process):
+    they decide from the files of the results directory, which must therefore be shared."""
+    seen = _loop._dist_info().gather_objects(value)
+    if any(v != seen[0] for v in seen):
+        raise ValueError(
+            f"The ranks disagree on {what} (rank k sees {seen}[k]): under torch.distributed the "
+            "results directory must be on a file system that every rank shares."
+        )
 
 
 def _same_config(saved: _loop.TrainConfig, wanted: _loop.TrainConfig) -> list[str]:
@@ -557,6 +579,7 @@ def _train_run(
 ) -> dict[str, Any]:
     """Train one run unless ``resume`` finds it complete; returns its ``metrics.json``."""
     state = _run_state(run_dir, config) if resume else "new"
+    _agree(state, f"the state of the run {str(run_dir)!r}")
     if state == "done":
         row["status"] = "skipped (complete)"
         return json.loads((run_dir / "metrics.json").read_text())
@@ -683,7 +706,7 @@ def train_students(
     paths = {role: str(t.checkpoint) for role, t in teachers.items()}
     runs = _run_list(profile)
     results = {}
-    bar = _tqdm(runs, "students", progress)
+    bar = _tqdm(runs, "students", progress and _loop._dist_info().main)
     for student, method, seed in bar:
         bar.set_postfix_str(f"{student}/{method}/seed{seed}")
         config = student_config(profile, student, method, seed, teacher_paths=paths)
@@ -714,10 +737,17 @@ def _eval_settings(profile: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _device(profile: Mapping[str, Any]) -> torch.device:
-    name = profile.get("device", "auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """The profile's device for this process (``cuda`` is ``cuda:LOCAL_RANK`` under torchrun)."""
+    local_rank = _loop._local_rank(_loop._dist_info())
+    return _loop.resolve_device(profile.get("device", "auto"), local_rank)
+
+
+def _sum_over_ranks(counts: Tensor, world_size: int) -> Tensor:
+    """``counts`` summed over the ranks when ``torch.distributed`` is initialised and
+    ``world_size > 1`` (as :func:`evaluate.evaluate` does), else unchanged."""
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return _loop._dist_info().sum_(counts)
+    return counts
 
 
 def craft_transfer(
@@ -732,16 +762,25 @@ def craft_transfer(
     seed: int,
     attack_overrides: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, dict[str, Any]]:
     """Transfer adversarial examples crafted once on ``surrogate`` for the first test points.
 
     Each attack is :func:`attacks.make_attack` with the profile's settings, keyed by the same
     per-point seeds as :func:`evaluate.evaluate` (the dataset index), so the examples are
     exactly those ``evaluate(..., ["transfer_pgd"], surrogate=...)`` would craft for any
-    student: they depend on the surrogate only. Returns ``{attack: {"x_adv": Tensor (CPU),
-    "settings": dict}}``.
+    student: they depend on the surrogate only. With ``rank`` and ``world_size``, only the
+    shard ``indices[rank::world_size]`` is crafted (the shard :func:`evaluate.evaluate`
+    attacks on that rank). Returns ``{attack: {"x_adv": Tensor (CPU), "indices": the dataset
+    indices of its rows, "settings": dict}}``.
     """
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        _bad("world_size", world_size, "an integer >= 1")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        _bad("rank", rank, f"an integer in [0, {world_size - 1}]")
     n = len(data) if n_examples is None else min(n_examples, len(data))
+    indices = torch.arange(n)[rank::world_size]
     overrides = attack_overrides or {}
     built = {
         name: make_attack(name, eps=eps, seed=seed, surrogate=surrogate, **overrides.get(name, {}))
@@ -749,17 +788,20 @@ def craft_transfer(
     }
     surrogate = surrogate.to(device)
     out: dict[str, list[Tensor]] = {name: [] for name in attacks}
-    loader = _data.BatchLoader(data.subset(torch.arange(n)), batch_size, device=device)
+    batches = _evaluate._batches(data, indices, batch_size, device)
+    total = math.ceil(indices.numel() / batch_size)
     target = _Unqueried()
     with model_mode(surrogate, "eval"):
-        for start, (x, y) in zip(
-            range(0, n, batch_size), _tqdm(loader, "transfer", progress), strict=True
-        ):
-            ids = torch.arange(start, start + len(y))
+        for x, y, ids in _tqdm(batches, "transfer", progress and rank == 0, total=total):
             for name, attack in built.items():
                 out[name].append(attack(target, x, y, seeds=ids).cpu())
     return {
-        name: {"x_adv": torch.cat(out[name]), "settings": built[name].settings} for name in attacks
+        name: {
+            "x_adv": torch.cat(out[name]) if out[name] else torch.empty(0),  # empty: no point
+            "indices": indices,
+            "settings": built[name].settings,
+        }
+        for name in attacks
     }
 
 
@@ -777,23 +819,37 @@ def _transfer_results(
     *,
     batch_size: int,
     device: torch.device,
+    world_size: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """The entries :func:`evaluate.evaluate` gives for transfer attacks, on crafted examples."""
+    """The entries :func:`evaluate.evaluate` gives for transfer attacks, on crafted examples.
+
+    ``crafted`` is :func:`craft_transfer`'s output (this rank's shard under
+    ``torch.distributed``: the counts are then summed over the ``world_size`` ranks).
+    """
+    model.to(device)
     results = {}
     for name, entry in crafted.items():
         x_adv_all = entry["x_adv"]
-        n = x_adv_all.shape[0]
-        loader = _data.BatchLoader(data.subset(torch.arange(n)), batch_size, device=device)
-        robust = adv = 0
-        clean = 0
+        indices = entry.get("indices")
+        if indices is None:
+            indices = torch.arange(x_adv_all.shape[0])
+        counts = torch.zeros(4, dtype=torch.int64)  # points, clean, robust, adversarial correct
+        start = 0
         with model_mode(model, "eval"), torch.no_grad():
-            for start, (x, y) in zip(range(0, n, batch_size), loader, strict=True):
+            for x, y, _ids in _evaluate._batches(data, indices, batch_size, device):
                 x_adv = x_adv_all[start : start + len(y)].to(device)
+                start += len(y)
                 clean_ok = model(x).argmax(dim=1) == y
                 adv_ok = model(x_adv).argmax(dim=1) == y
-                clean += int(clean_ok.sum())
-                robust += int((clean_ok & adv_ok).sum())
-                adv += int(adv_ok.sum())
+                counts += torch.stack(
+                    [
+                        torch.tensor(len(y)),
+                        clean_ok.sum().cpu(),
+                        (clean_ok & adv_ok).sum().cpu(),
+                        adv_ok.sum().cpu(),
+                    ]
+                )
+        n, clean, robust, adv = _sum_over_ranks(counts, world_size).tolist()
         results[name] = {
             "correct": robust,
             "adv_correct": adv,
@@ -813,7 +869,12 @@ def _evaluate_model(
     crafted: Mapping[str, Mapping[str, Any]] | None,
     device: torch.device,
     progress: bool,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, Any]:
+    """Every attack on ``model``: :func:`evaluate.evaluate`, and the crafted transfer examples.
+    Under ``torch.distributed`` each rank attacks its shard; every rank gets the summed counts.
+    """
     direct = [a for a in attacks if not a.startswith("transfer_")]
     results = _evaluate.evaluate(
         model,
@@ -827,6 +888,8 @@ def _evaluate_model(
         progress=progress,
         seed=settings["seed"],
         attack_overrides={k: v for k, v in settings["attack_overrides"].items() if k in direct},
+        rank=rank,
+        world_size=world_size,
     )
     transfer = [a for a in attacks if a.startswith("transfer_")]
     if transfer:
@@ -837,6 +900,7 @@ def _evaluate_model(
             {a: crafted[a] for a in transfer},
             batch_size=settings["batch_size"],
             device=device,
+            world_size=world_size,
         )
         results["attacks"].update(extra)
         results["attacks"] = {a: results["attacks"][a] for a in attacks}
@@ -891,7 +955,12 @@ def evaluate_students(
     .json|md`` (:func:`evaluate.write_results`). Transfer attacks use the adversarial teacher
     as the surrogate (paper Sec. 4.2), crafted once (:func:`craft_transfer`). With ``resume``,
     an evaluation whose JSON holds the same attacks and settings is read back instead.
+
+    Under ``torch.distributed`` every rank attacks its exact shard of the test points (the
+    crafting too), the counts are summed over ranks, and rank 0 writes the files: the numbers
+    are those of one process.
     """
+    ddp = _loop._dist_info()
     settings = _eval_settings(profile)
     info = _data.DATASETS[profile["dataset"]]
     device = _device(profile)
@@ -927,16 +996,25 @@ def evaluate_students(
             )
         )
 
-    def complete(name: str, checkpoint: Path, wanted: Sequence[str]) -> bool:
-        key = _checkpoint_key(checkpoint, out)
-        return resume and _eval_complete(
-            eval_dir / f"{name}.json", wanted, settings, key, checkpoint
+    # Evaluations that a resume can read back. Decided once, before anything is written; the
+    # ranks must agree (each evaluation is a collective).
+    done = {
+        name: resume
+        and _eval_complete(
+            eval_dir / f"{name}.json",
+            wanted,
+            settings,
+            _checkpoint_key(checkpoint, out),
+            checkpoint,
         )
+        for name, checkpoint, _, wanted, _ in jobs
+    }
+    _agree(done, f"which evaluations in {str(eval_dir)!r} are complete")
 
     # Transfer examples: crafted once on the adversarial teacher, if any evaluation needs them.
     crafted = None
     transfer = [a for a in attacks if a.startswith("transfer_")]
-    if transfer and any(not complete(n, c, w) for n, c, _, w, _ in jobs if set(w) & set(transfer)):
+    if transfer and any(not done[n] for n, _, _, w, _ in jobs if set(w) & set(transfer)):
         with stages.stage("evaluate/craft-transfer"):
             crafted = craft_transfer(
                 teachers["adv"].load(info, device),
@@ -948,14 +1026,16 @@ def evaluate_students(
                 device=device,
                 seed=settings["seed"],
                 attack_overrides=settings["attack_overrides"],
-                progress=progress,
+                progress=progress and ddp.main,
+                rank=ddp.rank,
+                world_size=ddp.world_size,
             )
 
     results: dict[str, dict[str, Any]] = {}
     for name, checkpoint, load, wanted, extra in jobs:
         path = eval_dir / f"{name}.json"
         with stages.stage(f"evaluate/{name}") as row:
-            if complete(name, checkpoint, wanted):
+            if done[name]:
                 row["status"] = "skipped (complete)"
                 results[name] = json.loads(path.read_text())
                 continue
@@ -966,7 +1046,9 @@ def evaluate_students(
                 wanted,
                 crafted=crafted,
                 device=device,
-                progress=progress,
+                progress=progress and ddp.main,
+                rank=ddp.rank,
+                world_size=ddp.world_size,
             )
             result.update(
                 extra,
@@ -974,7 +1056,8 @@ def evaluate_students(
                 checkpoint_key=_checkpoint_key(checkpoint, out),
                 eval_settings=_json_settings(settings),
             )
-            _evaluate.write_results(result, eval_dir, name, defense=extra["defense"])
+            if ddp.main:
+                _evaluate.write_results(result, eval_dir, name, defense=extra["defense"])
             results[name] = result
     teacher_results = {role: results[f"teacher_{role}"] for role in teachers}
     student_results = {(s, m, k): results[f"{s}__{m}__seed{k}"] for s, m, k in runs}
@@ -1327,7 +1410,8 @@ def _paper_comparison(profile: Mapping[str, Any], agg: Mapping[str, Any]) -> lis
 
 
 def _machine(device: torch.device) -> dict[str, Any]:
-    info = {
+    ddp = _loop._dist_info()
+    info: dict[str, Any] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -1335,7 +1419,10 @@ def _machine(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        "processes": ddp.world_size,
     }
+    if ddp.enabled:
+        info["backend"] = str(torch.distributed.get_backend())
     if device.type == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(device)
     with contextlib.suppress(OSError):
@@ -1582,6 +1669,12 @@ def _summary(
         f"{machine['torch_threads']}), device {machine['device']}"
         + (f" ({machine['gpu']})" if "gpu" in machine else "")
         + (
+            f"; {machine['processes']} processes (torch.distributed, {machine.get('backend')}; "
+            "the device is rank 0's, the threads are per process)"
+            if machine.get("processes", 1) > 1
+            else ""
+        )
+        + (
             f"; load average at the end {machine['load_average']} (other processes share "
             "the CPU when it exceeds the core count)"
             if "load_average" in machine
@@ -1662,12 +1755,14 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _tqdm(iterable: Any, desc: str, enabled: bool) -> Any:
+def _tqdm(iterable: Any, desc: str, enabled: bool, total: int | None = None) -> Any:
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is an optional dependency of the integration
         return _NoBar(iterable)
-    return tqdm(iterable, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
+    return tqdm(
+        iterable, desc=desc, total=total, disable=not enabled, dynamic_ncols=True, leave=False
+    )
 
 
 class _NoBar:
@@ -1712,20 +1807,26 @@ def reproduce(
 ) -> dict[str, Any]:
     """Run the whole experiment of ``profile`` into the results directory ``out``.
 
+    Under ``torchrun`` every stage runs on all ranks in one process group
+    (:func:`loop.distributed_session`, or the caller's group if one is initialised): training
+    is data-parallel, evaluations are sharded exactly with their counts summed (the numbers
+    equal one process's, AutoAttack excepted), and rank 0 alone writes files and logs.
+
     Args:
         profile: a profile dict (:func:`load_profile`, :func:`apply_overrides`) or its name /
             path.
-        out: the results directory. An existing one needs ``resume=True``.
+        out: the results directory. An existing one needs ``resume=True``. Under
+            ``torch.distributed`` it must be on a file system every rank shares.
         resume: skip completed stages, continue interrupted runs (see the module doc).
         plots: write the figures.
-        progress: tqdm bars.
+        progress: tqdm bars (rank 0 only).
         command: the command line recorded in ``summary.md`` (default: ``sys.argv``).
         threads: ``torch.set_num_threads`` for the run (restored afterwards); default: the
             profile's ``threads``; ``None`` in both keeps torch's default. On a CPU shared with
             other jobs, 1 thread is often several times faster than oversubscribed cores.
 
     Returns:
-        The content of ``results.json``.
+        The content of ``results.json`` (on every rank).
     """
     wall_start = time.perf_counter()
     started = datetime.datetime.now().astimezone()
@@ -1733,71 +1834,117 @@ def reproduce(
         profile = load_profile(profile)
     validate_profile(profile)
     out = Path(out)
-    config_path = out / "config.json"
-    if config_path.exists() and not resume:
-        raise ValueError(
-            f"The results directory {str(out)!r} already holds a reproduction. Pass "
-            "`resume=True` (--resume) to continue it, or choose another --out."
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    _write_text(config_path, json.dumps(profile, indent=2) + "\n")
     command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
-    with _torch_threads(threads if threads is not None else profile.get("threads")):
-        stages = _Stages(out / "stages.json")
-        logger.info("reproduce: profile %s -> %s", profile["name"], out)
+    # One process group for every stage (under torchrun; a lone process runs alone).
+    with _loop.distributed_session(profile.get("device", "auto")) as ddp:
+        config_path = out / "config.json"
+        # Every rank looks before rank 0 writes (a collective), and they must see the same.
+        exists = config_path.exists()
+        _agree(exists, f"whether {str(config_path)!r} exists")
+        if exists and not resume:
+            raise ValueError(
+                f"The results directory {str(out)!r} already holds a reproduction. Pass "
+                "`resume=True` (--resume) to continue it, or choose another --out."
+            )
+        if ddp.main:
+            out.mkdir(parents=True, exist_ok=True)
+            _write_text(config_path, json.dumps(profile, indent=2) + "\n")
+        with _torch_threads(threads if threads is not None else profile.get("threads")):
+            results = _run_stages(
+                profile,
+                out,
+                ddp,
+                resume=resume,
+                plots=plots,
+                progress=progress,
+                command=command,
+                started=started,
+                wall_start=wall_start,
+            )
+        # Every rank returns rank 0's results (one small all-gather).
+        return ddp.gather_objects(results if ddp.main else None)[0]
 
-        with stages.stage("data") as row:
-            train_data = _data.load_dataset(
+
+def _run_stages(
+    profile: Mapping[str, Any],
+    out: Path,
+    ddp: Any,
+    *,
+    resume: bool,
+    plots: bool,
+    progress: bool,
+    command: str,
+    started: datetime.datetime,
+    wall_start: float,
+) -> dict[str, Any] | None:
+    """The stages of :func:`reproduce`, in ``ddp``'s process group; ``None`` on ranks > 0,
+    which write nothing."""
+    stages = _Stages(out / "stages.json", main=ddp.main)
+    if ddp.main:
+        logger.info(
+            "reproduce: profile %s -> %s%s",
+            profile["name"],
+            out,
+            f" ({ddp.world_size} processes)" if ddp.enabled else "",
+        )
+
+    with stages.stage("data") as row:
+        # One process per node downloads a missing dataset; the others wait, then read it.
+        node_main = _loop._local_rank(ddp) in (None, 0)
+
+        def load(split: str) -> _data.ImageData:
+            return _data.load_dataset(
                 profile["dataset"],
-                "train",
+                split,
                 data_dir=profile.get("data_dir"),
                 download=profile.get("download", True),
-                progress=progress,
+                progress=progress and ddp.main,
             )
-            test_data = _data.load_dataset(
-                profile["dataset"],
-                "test",
-                data_dir=profile.get("data_dir"),
-                download=profile.get("download", True),
-                progress=progress,
-            )
-            row["status"] = f"{len(train_data)} train / {len(test_data)} test images"
 
-        teachers = prepare_teachers(
-            profile, out, train_data=train_data, stages=stages, resume=resume, progress=progress
-        )
-        runs = train_students(
-            profile,
-            out,
-            teachers,
-            train_data=train_data,
-            stages=stages,
-            resume=resume,
-            progress=progress,
-        )
-        teacher_results, student_results = evaluate_students(
-            profile,
-            out,
-            teachers,
-            runs,
-            test_data=test_data,
-            stages=stages,
-            resume=resume,
-            progress=progress,
-        )
-        return write_report(
-            profile,
-            out,
-            teachers,
-            teacher_results,
-            student_results,
-            runs,
-            stages=stages,
-            plots=plots,
-            command=command,
-            started=started,
-            wall_start=wall_start,
-        )
+        if node_main:
+            train_data, test_data = load("train"), load("test")
+        ddp.barrier()
+        if not node_main:
+            train_data, test_data = load("train"), load("test")
+        row["status"] = f"{len(train_data)} train / {len(test_data)} test images"
+
+    teachers = prepare_teachers(
+        profile, out, train_data=train_data, stages=stages, resume=resume, progress=progress
+    )
+    runs = train_students(
+        profile,
+        out,
+        teachers,
+        train_data=train_data,
+        stages=stages,
+        resume=resume,
+        progress=progress,
+    )
+    teacher_results, student_results = evaluate_students(
+        profile,
+        out,
+        teachers,
+        runs,
+        test_data=test_data,
+        stages=stages,
+        resume=resume,
+        progress=progress,
+    )
+    if not ddp.main:
+        return None
+    return write_report(
+        profile,
+        out,
+        teachers,
+        teacher_results,
+        student_results,
+        runs,
+        stages=stages,
+        plots=plots,
+        command=command,
+        started=started,
+        wall_start=wall_start,
+    )
 
 
 # ==============================================================================================
@@ -1848,7 +1995,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_reproduce_cli(args: argparse.Namespace) -> int:
-    """Run ``anl-mtard reproduce`` from parsed arguments; prints the white-box table."""
+    """Run ``anl-mtard reproduce`` from parsed arguments; prints the white-box table.
+
+    Under ``torchrun`` every rank runs the pipeline (see :func:`reproduce`); rank 0 prints.
+    """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logger.setLevel(logging.INFO)
@@ -1874,6 +2024,8 @@ def run_reproduce_cli(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         progress=not args.no_progress,
     )
+    if not _loop._is_main_process():
+        return 0
     print((out / "white_box.md").read_text())
     print(f"Results in {out} ({results['wall_time_s'] / 60:.1f} min); see {out / 'summary.md'}.")
     return 0

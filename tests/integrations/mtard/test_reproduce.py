@@ -219,6 +219,31 @@ def test_transfer_examples_crafted_once_match_evaluate():
             assert got[name][key] == expected["attacks"][name][key], (name, key)
 
 
+def test_transfer_examples_crafted_per_shard_are_the_rows_of_the_whole():
+    """Each rank crafts the shard ``indices[rank::world_size]``: the same examples as one
+    process, nothing missing, nothing twice (an odd number of points over two ranks)."""
+    test = data.load_dataset("fashion_mnist", "test", download=False, progress=False)
+    torch.manual_seed(1)
+    surrogate = build_model("small_cnn").eval()
+    kwargs = dict(
+        eps=0.1, n_examples=11, batch_size=4, device=torch.device("cpu"), seed=5,
+        attack_overrides={"transfer_pgd": {"steps": 2}},
+    )  # fmt: skip
+    whole = reproduce.craft_transfer(surrogate, test, ["transfer_pgd"], **kwargs)["transfer_pgd"]
+    assert torch.equal(whole["indices"], torch.arange(11))
+    shards = [
+        reproduce.craft_transfer(surrogate, test, ["transfer_pgd"], rank=r, world_size=2, **kwargs)[
+            "transfer_pgd"
+        ]
+        for r in range(2)
+    ]
+    assert [s["indices"].tolist() for s in shards] == [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9]]
+    for shard in shards:
+        assert torch.equal(shard["x_adv"], whole["x_adv"][shard["indices"]])
+    with pytest.raises(ValueError, match="rank"):
+        reproduce.craft_transfer(surrogate, test, ["transfer_pgd"], rank=2, world_size=2, **kwargs)
+
+
 def _agg(values: dict[str, tuple[list[float], list[float]]]) -> dict:
     """An aggregate from {method: (clean per seed, robust per seed)} under two attacks."""
     results = {}
