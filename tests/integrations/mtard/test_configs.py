@@ -29,16 +29,6 @@ SMALL_TEACHERS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny batches run fastest on one thread, and far faster when other processes share the
-    cores (two threads then oversubscribe them)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_packaged_profiles_load_and_validate():
     names = reproduce.profile_names()
     assert {"default", "full", "smoke", "paper-cifar10", "paper-cifar100"} <= set(names)

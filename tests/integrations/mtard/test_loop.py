@@ -30,16 +30,6 @@ def tiny_data(n: int = 160, seed: int = 0) -> ImageData:
     return ImageData(images, labels, INFO)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
-    threads contending with other processes make these runs 10-30x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
     root = tmp_path_factory.mktemp("teachers")

@@ -22,16 +22,6 @@ LABELS = list(reproduce.DEFENSE_LABELS.values())
 FIGURES = ("ablation", "total_loss", "relative_losses", "mtard_weights")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster when other processes share the
-    cores (two threads then oversubscribe them)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_profile() -> dict:
     profile = copy.deepcopy(reproduce.load_profile("smoke"))
     profile["name"] = "test"
