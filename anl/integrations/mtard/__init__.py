@@ -1,10 +1,9 @@
 """The MTARD recipe (Zhao et al., ECCV 2022) on top of :mod:`anl`.
 
-Data flows one way: ``data -> models -> attacks -> methods -> loop -> evaluate -> reproduce``.
+Data flows one way: ``data -> models -> attacks -> methods -> loop -> evaluation -> reproduce``.
 Each piece is usable alone::
 
-    from anl.integrations.mtard import build_model, load_dataset, pgd
-    from anl.integrations.mtard.evaluate import evaluate
+    from anl.integrations.mtard import build_model, evaluate, load_dataset, pgd
     model = build_model("small_cnn", num_classes=10)
     test = load_dataset("fashion_mnist", "test")
     results = evaluate(model, test, ["fgsm", "pgd_sat"], n_examples=500)
@@ -38,7 +37,7 @@ from anl.integrations.mtard.data import (
     load_dataset,
     split_validation,
 )
-from anl.integrations.mtard.evaluate import results_table, write_results
+from anl.integrations.mtard.evaluation import evaluate, results_table, write_results
 from anl.integrations.mtard.loop import TrainConfig, train
 from anl.integrations.mtard.methods import METHODS, MethodContext, build_weighting
 from anl.integrations.mtard.models import build_model, model_names
@@ -57,6 +56,7 @@ __all__ = [
     "build_model",
     "build_weighting",
     "cw_inf",
+    "evaluate",
     "fgsm",
     "load_dataset",
     "load_model",

@@ -1,13 +1,12 @@
 """The ``anl-mtard`` command: ``train``, ``evaluate`` and ``reproduce``.
 
 Each subcommand is defined next to the code it runs (``loop.register_cli``,
-``evaluate.register_cli``, ``reproduce.register_cli``); this module only assembles them.
+``evaluation.register_cli``, ``reproduce.register_cli``); this module only assembles them.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
@@ -16,16 +15,16 @@ from anl import __version__
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``anl-mtard`` argument parser with every subcommand registered."""
+    from anl.integrations.mtard import evaluation, loop, reproduce
+
     parser = argparse.ArgumentParser(
         prog="anl-mtard",
         description="MTARD (Zhao et al., ECCV 2022) with the Adaptive Normalization Loss.",
     )
     parser.add_argument("--version", action="version", version=f"anl {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # The package re-exports the functions `evaluate` and `reproduce` under the modules' names,
-    # so the modules are looked up by their full names.
-    for module in ("loop", "evaluate", "reproduce"):
-        importlib.import_module(f"anl.integrations.mtard.{module}").register_cli(subparsers)
+    for module in (loop, evaluation, reproduce):
+        module.register_cli(subparsers)
     return parser
 
 

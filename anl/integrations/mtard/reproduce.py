@@ -14,7 +14,7 @@ order they run (:func:`reproduce` calls them top to bottom):
 3. **Students** (:func:`train_students`): every method and ablation (``natural``, ``sat``,
    ``trades``, ``ard``, ``rslad``, ``baseline``, ``baseline_mt``, ``mtard``) for every student
    architecture and seed, each a :func:`loop.train` run directory.
-4. **Evaluation** (:func:`evaluate_students`): :func:`evaluate.evaluate` with the profile's
+4. **Evaluation** (:func:`evaluate_students`): :func:`evaluation.evaluate` with the profile's
    attacks on the test split, on the checkpoint chosen by validation W-Robust (Eq. 12).
    Transfer attacks are crafted on the adversarial teacher, as in the paper; they do not
    depend on the student, so they are crafted once and reused (:func:`craft_transfer`).
@@ -71,7 +71,7 @@ from torch import Tensor, nn
 
 from . import checkpoints as _checkpoints
 from . import data as _data
-from . import evaluate as _evaluate
+from . import evaluation as _evaluate
 from . import loop as _loop
 from . import methods as _methods
 from .attacks import ATTACK_NAMES, make_attack, model_mode
@@ -744,7 +744,7 @@ def _device(profile: Mapping[str, Any]) -> torch.device:
 
 def _sum_over_ranks(counts: Tensor, world_size: int) -> Tensor:
     """``counts`` summed over the ranks when ``torch.distributed`` is initialised and
-    ``world_size > 1`` (as :func:`evaluate.evaluate` does), else unchanged."""
+    ``world_size > 1`` (as :func:`evaluation.evaluate` does), else unchanged."""
     if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         return _loop._dist_info().sum_(counts)
     return counts
@@ -768,10 +768,10 @@ def craft_transfer(
     """Transfer adversarial examples crafted once on ``surrogate`` for the first test points.
 
     Each attack is :func:`attacks.make_attack` with the profile's settings, keyed by the same
-    per-point seeds as :func:`evaluate.evaluate` (the dataset index), so the examples are
+    per-point seeds as :func:`evaluation.evaluate` (the dataset index), so the examples are
     exactly those ``evaluate(..., ["transfer_pgd"], surrogate=...)`` would craft for any
     student: they depend on the surrogate only. With ``rank`` and ``world_size``, only the
-    shard ``indices[rank::world_size]`` is crafted (the shard :func:`evaluate.evaluate`
+    shard ``indices[rank::world_size]`` is crafted (the shard :func:`evaluation.evaluate`
     attacks on that rank). Returns ``{attack: {"x_adv": Tensor (CPU), "indices": the dataset
     indices of its rows, "settings": dict}}``.
     """
@@ -821,7 +821,7 @@ def _transfer_results(
     device: torch.device,
     world_size: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """The entries :func:`evaluate.evaluate` gives for transfer attacks, on crafted examples.
+    """The entries :func:`evaluation.evaluate` gives for transfer attacks, on crafted examples.
 
     ``crafted`` is :func:`craft_transfer`'s output (this rank's shard under
     ``torch.distributed``: the counts are then summed over the ``world_size`` ranks).
@@ -872,7 +872,7 @@ def _evaluate_model(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, Any]:
-    """Every attack on ``model``: :func:`evaluate.evaluate`, and the crafted transfer examples.
+    """Every attack on ``model``: :func:`evaluation.evaluate`, and the crafted transfer examples.
     Under ``torch.distributed`` each rank attacks its shard; every rank gets the summed counts.
     """
     direct = [a for a in attacks if not a.startswith("transfer_")]
@@ -952,7 +952,7 @@ def evaluate_students(
     """Evaluate the teachers (Table 1 attacks) and every student run (the profile's attacks).
 
     Writes ``out/eval/teacher_<role>.json|md`` and ``out/eval/<student>__<method>__seed<k>
-    .json|md`` (:func:`evaluate.write_results`). Transfer attacks use the adversarial teacher
+    .json|md`` (:func:`evaluation.write_results`). Transfer attacks use the adversarial teacher
     as the surrogate (paper Sec. 4.2), crafted once (:func:`craft_transfer`). With ``resume``,
     an evaluation whose JSON holds the same attacks and settings is read back instead.
 

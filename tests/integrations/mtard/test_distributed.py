@@ -9,7 +9,7 @@ functions then compare what the ranks saved with each other and with single-proc
 * run ``b``: the same run stopped after one epoch and resumed (the remaining runs share a
   ``file://`` process group created by the worker);
 * run ``c``: a BatchNorm-free student, compared with one process holding the same global batch;
-* a sharded :func:`evaluate.evaluate` of a fixed model on an odd number of test images;
+* a sharded :func:`evaluation.evaluate` of a fixed model on an odd number of test images;
 * the configuration errors that only exist with several ranks.
 
 Each worker dumps its own student, balancer and optimizer at the end of every run
@@ -31,7 +31,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from anl.integrations.mtard import checkpoints, methods, models
-from anl.integrations.mtard import evaluate as E
+from anl.integrations.mtard import evaluation as E
 from anl.integrations.mtard import loop as L
 from anl.integrations.mtard.data import load_dataset
 

@@ -1,4 +1,4 @@
-"""Tests of anl.integrations.mtard.evaluate: accuracies, sharding, tables, files, CLI."""
+"""Tests of anl.integrations.mtard.evaluation: accuracies, sharding, tables, files, CLI."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from anl.integrations.mtard.data import DATASETS, ImageData
-from anl.integrations.mtard.evaluate import (
+from anl.integrations.mtard.evaluation import (
     DEFAULT_ATTACKS,
     evaluate,
     register_cli,

@@ -15,7 +15,7 @@ import shutil
 import pytest
 import torch
 
-from anl.integrations.mtard import data, evaluate, loop, reproduce
+from anl.integrations.mtard import data, evaluation, loop, reproduce
 from anl.integrations.mtard.models import build_model
 
 LABELS = list(reproduce.DEFENSE_LABELS.values())
@@ -122,7 +122,7 @@ def test_resume_skips_completed_stages(smoke, monkeypatch):
     (out / "eval" / "small_cnn__mtard__seed0.json").unlink()
 
     calls = {"train": [], "evaluate": 0}
-    real_train, real_evaluate = loop.train, evaluate.evaluate
+    real_train, real_evaluate = loop.train, evaluation.evaluate
 
     def counting_train(config, run_dir, **kwargs):
         calls["train"].append((config.method, kwargs["resume"]))
@@ -133,7 +133,7 @@ def test_resume_skips_completed_stages(smoke, monkeypatch):
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(loop, "train", counting_train)
-    monkeypatch.setattr(evaluate, "evaluate", counting_evaluate)
+    monkeypatch.setattr(evaluation, "evaluate", counting_evaluate)
     before = (out / "runs" / "small_cnn" / "sat" / "seed0" / "final.pt").stat().st_mtime_ns
     results = reproduce.reproduce(profile, out, resume=True, plots=False, progress=False)
     # Only the interrupted run: resumed from last.pt (all epochs done, so no new step).
@@ -150,7 +150,7 @@ def test_resume_skips_completed_stages(smoke, monkeypatch):
 
     # A second resume does no training and no evaluation at all.
     monkeypatch.setattr(loop, "train", _forbidden)
-    monkeypatch.setattr(evaluate, "evaluate", _forbidden)
+    monkeypatch.setattr(evaluation, "evaluate", _forbidden)
     again = reproduce.reproduce(profile, out, resume=True, plots=False, progress=False)
     assert again["aggregate"] == results["aggregate"]
     # Skipped stages report the time they took when they ran.
@@ -166,7 +166,7 @@ def test_moved_results_directory_resumes_without_work(smoke, tmp_path, monkeypat
     shutil.copytree(smoke, out, ignore=shutil.ignore_patterns("*.png"))
     profile = json.loads((out / "config.json").read_text())
     monkeypatch.setattr(loop, "train", _forbidden)
-    monkeypatch.setattr(evaluate, "evaluate", _forbidden)
+    monkeypatch.setattr(evaluation, "evaluate", _forbidden)
     results = reproduce.reproduce(profile, out, resume=True, plots=False, progress=False)
     assert all(r["run_dir"].startswith(str(out)) for r in results["runs"])
     assert all(t["checkpoint"].startswith(str(out)) for t in results["teachers"].values())
@@ -193,7 +193,7 @@ def test_transfer_examples_crafted_once_match_evaluate():
     student, surrogate = build_model("small_cnn").eval(), build_model("small_cnn").eval()
     overrides = {"transfer_pgd": {"steps": 2}, "transfer_cw": {"steps": 2}}
     names = ["transfer_pgd", "transfer_cw"]
-    expected = evaluate.evaluate(
+    expected = evaluation.evaluate(
         student, test, names, eps=0.1, batch_size=7, surrogate=surrogate, n_examples=20,
         progress=False, seed=3, attack_overrides=overrides,
     )  # fmt: skip
@@ -243,7 +243,7 @@ def _agg(values: dict[str, tuple[list[float], list[float]]]) -> dict:
                 "train_seed": seed,
                 "clean": {"accuracy": c},
                 "attacks": {
-                    a: {"robust": r, "w_robust": evaluate.w_robust(c, r)}
+                    a: {"robust": r, "w_robust": evaluation.w_robust(c, r)}
                     for a in ("pgd_trades", "square")
                 },
             }
@@ -256,7 +256,7 @@ def test_aggregate_and_tables_show_mean_and_sample_std():
     assert sat["clean"]["mean"] == pytest.approx(0.85)
     assert sat["clean"]["std"] == pytest.approx(0.0707107, rel=1e-5)  # n - 1 denominator
     rows = reproduce._table_rows(agg["s"], "fashion_mnist", ["pgd_trades"])
-    table = evaluate.results_table(rows)
+    table = evaluation.results_table(rows)
     assert "| PGD_TRADES | SAT | 85.00 ± 7.07 | 40.00 ± 14.14 |" in table
     assert table.index("| SAT |") < table.index("| MTARD |")  # the paper's row order
 
