@@ -1,4 +1,4 @@
-"""The training loop: optimiser, schedule, validation, checkpoint/resume, logs, ``train`` command.
+"""The training loop: optimiser, schedule, validation, checkpoint/resume, ``train`` command.
 
 One call of :func:`train` runs one method (see :mod:`.methods`) for one student and writes a run
 directory::
@@ -29,33 +29,20 @@ relative losses) stay on the device and are read back in one block every ``log_e
 the finiteness of the total loss is checked on that block.
 
 Speed (``docs/benchmarks.md``): the attack differentiates with respect to the input only, the
-teachers are frozen, BatchNorm-folded and run without a graph, and the step never synchronises.
-``memory_format`` puts the networks and batches in the channels-last layout (the default on
-CPU, where it wins); ``amp`` (bf16 autocast) and ``compile`` (``torch.compile`` of the
-student) are opt-in, meant for GPUs.
+teachers are frozen, BatchNorm-folded and run without a graph (:mod:`.teachers`), and the step
+never synchronises. ``memory_format`` puts the networks and batches in the channels-last layout
+(the default on CPU, where it wins; :func:`~.config.resolve_memory_format`); ``amp`` (bf16
+autocast) and ``compile`` (``torch.compile`` of the student) are opt-in, meant for GPUs.
 
-Data parallelism (``docs/distributed.md``): under ``torchrun`` :func:`train` joins the process
-group itself (:func:`distributed_session`: NCCL on GPUs, Gloo on CPUs, one GPU per
-``LOCAL_RANK``) and leaves it at the end. The student is wrapped in
-:class:`~torch.nn.parallel.DistributedDataParallel`, each rank reads a disjoint shard of every
-epoch's permutation, and ``batch_size`` stays the *global* batch: each rank takes
-``batch_size // world_size`` images (``batch_size`` must be divisible by ``world_size``), so
-the averaged gradient, the balancer's averaged losses and hence the learning rate mean the same
-as in one process. The teachers are replicated, frozen. Each rank attacks its own shard through
-the DDP module: ``torch.autograd.grad`` with respect to the input never runs the parameters'
-gradient-accumulation nodes, where DDP's all-reduce hooks live, and DDP's pre-forward buffer
-broadcast makes every rank attack the same model. BatchNorm keeps per-rank batch statistics
-with rank 0's running statistics (plain DDP; ``sync_bn`` for SyncBatchNorm on GPUs), and the
-buffers are re-broadcast from rank 0 at the end of each epoch. Only rank 0 writes files;
-validation is sharded exactly and its counts summed over ranks.
+The pieces the loop assembles live in modules of their own: the run's configuration in
+:mod:`.config`, the teachers in :mod:`.teachers`, the process group and device under
+``torchrun`` (data parallelism, ``docs/distributed.md``) in :mod:`.parallel`, the CSV and
+TensorBoard logs and progress bars in :mod:`.runlog`. Their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
-import csv
 import dataclasses
 import json
 import math
@@ -63,14 +50,12 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from anl import AdaptiveLossBalancer
@@ -80,6 +65,27 @@ from . import checkpoints as _checkpoints
 from . import data as _data
 from . import methods as _methods
 from . import models as _models
+from .config import (
+    VAL_ATTACKS,
+    TrainConfig,
+    _bad,
+    _check_int,
+    _config_differences,
+    milestone_epochs,
+    resolve_memory_format,
+)
+from .parallel import (
+    _broadcast_buffers,
+    _Dist,
+    _dist_info,
+    _is_main_process,
+    _local_rank,
+    distributed_backend,
+    distributed_session,
+    resolve_device,
+)
+from .runlog import _CsvLog, _last_row, _row_tensor, _summary_writer, _tqdm, _tqdm_write
+from .teachers import fold_batchnorm, load_teacher_model, prepare_teacher
 
 __all__ = [
     "RUN_CHECKPOINT_FORMAT",
@@ -103,673 +109,9 @@ __all__ = [
 RUN_CHECKPOINT_FORMAT = "anl-mtard-run"
 """The ``format`` entry of ``checkpoints/last.pt`` (the resumable training state)."""
 
-VAL_ATTACKS = ("pgd_sat", "pgd_cw")
-"""Attacks available for validation: PGD with step ``eps / 4`` and a uniform random start, on
-the cross-entropy (``pgd_sat``, the SAT protocol of Madry et al.) or on the CW margin
-(``pgd_cw``)."""
-
-AUGMENTATIONS = ("none", "crop", "crop_flip")
-
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-"""Values of ``TrainConfig.memory_format`` (see :func:`resolve_memory_format`)."""
-
-# Fields that may differ between the saved config and the one given to a resumed run: they
-# change where or how verbosely the run happens, never what it computes.
-_RESUME_MUTABLE = frozenset({"device", "log_every", "data_dir", "download", "tensorboard"})
-
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss becomes NaN or infinite; the last good checkpoint is kept."""
-
-
-def _h(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run; JSON round-trips with :meth:`to_dict`/:meth:`from_dict`.
-
-    Invalid values raise a ``ValueError`` naming the field and the value found. ``None`` for
-    ``eps``, ``step_size``, ``attack_steps`` means the dataset's default epsilon (8/255 on CIFAR,
-    0.1 on Fashion-MNIST), ``eps / 4`` and 10 steps; ``None`` for ``augment`` means the dataset
-    default (``"crop_flip"`` on CIFAR, ``"none"`` on Fashion-MNIST).
-
-    Example:
-        >>> cfg = TrainConfig(method="sat", dataset="fashion_mnist", student="small_cnn", epochs=3)
-        >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
-        True
-        >>> milestone_epochs(TrainConfig(method="sat", dataset="cifar10", student="resnet18",
-        ...                              epochs=300))
-        [215, 260, 285]
-    """
-
-    method: str = field(metadata=_h("training method, a key of methods.METHODS"))
-    dataset: str = field(metadata=_h("cifar10 | cifar100 | fashion_mnist"))
-    student: str = field(metadata=_h("student architecture (models.model_names())"))
-    epochs: int = field(metadata=_h("number of training epochs"))
-    clean_teacher: str | None = field(default=None, metadata=_h("clean teacher checkpoint"))
-    adv_teacher: str | None = field(default=None, metadata=_h("adversarial teacher checkpoint"))
-    clean_teacher_arch: str | None = field(
-        default=None, metadata=_h("architecture of a foreign clean-teacher checkpoint")
-    )
-    adv_teacher_arch: str | None = field(
-        default=None, metadata=_h("architecture of a foreign adversarial-teacher checkpoint")
-    )
-    clean_teacher_kwargs: dict[str, Any] = field(
-        default_factory=dict, metadata=_h("JSON dict of clean-teacher constructor arguments")
-    )
-    adv_teacher_kwargs: dict[str, Any] = field(
-        default_factory=dict, metadata=_h("JSON dict of adversarial-teacher constructor arguments")
-    )
-    student_kwargs: dict[str, Any] = field(
-        default_factory=dict, metadata=_h("JSON dict of student constructor arguments")
-    )
-    fold_bn: bool = field(default=True, metadata=_h("fold teacher BatchNorm into convolutions"))
-    memory_format: str = field(
-        default="auto",
-        metadata=_h(
-            "auto | channels_last | contiguous: layout of the networks and batches "
-            "(auto: channels_last on CPU, measured faster there; contiguous on GPUs)"
-        ),
-    )
-    amp: bool = field(
-        default=False, metadata=_h("bf16 autocast of the forwards and losses (for GPUs)")
-    )
-    compile: bool = field(default=False, metadata=_h("torch.compile the student (for GPUs)"))
-    data_dir: str | None = field(default=None, metadata=_h("dataset directory"))
-    download: bool = field(default=True, metadata=_h("download the dataset when missing"))
-    train_subset: int | None = field(
-        default=None, metadata=_h("train on this many random training images (quick profiles)")
-    )
-    val_size: int = field(
-        default=1000, metadata=_h("validation images carved from the training set (0 disables)")
-    )
-    augment: str | None = field(
-        default=None, metadata=_h("none | crop | crop_flip (default: the dataset's)")
-    )
-    batch_size: int = field(default=128, metadata=_h("global batch size"))
-    lr: float = field(default=0.1, metadata=_h("initial learning rate"))
-    momentum: float = field(default=0.9, metadata=_h("SGD momentum"))
-    weight_decay: float = field(default=2e-4, metadata=_h("SGD weight decay"))
-    nesterov: bool = field(default=False, metadata=_h("Nesterov momentum"))
-    milestones: tuple[float, ...] = field(
-        default=(215 / 300, 260 / 300, 285 / 300),
-        metadata=_h("lr milestones as fractions of the epochs"),
-    )
-    lr_gamma: float = field(default=0.1, metadata=_h("lr (and weight_lr) factor at milestones"))
-    weight_lr: float = field(default=0.025, metadata=_h("ANL weight rate r_w (paper Eq. 9-11)"))
-    beta: float = field(default=1.0, metadata=_h("ANL exponent beta (paper Eq. 8)"))
-    eps: float | None = field(default=None, metadata=_h("training attack epsilon (e.g. 8/255)"))
-    step_size: float | None = field(default=None, metadata=_h("training attack step size"))
-    attack_steps: int | None = field(default=None, metadata=_h("training attack steps"))
-    hyper: dict[str, Any] = field(
-        default_factory=dict, metadata=_h("JSON dict of method hyperparameters")
-    )
-    val_attack: str = field(default="pgd_sat", metadata=_h("validation attack: pgd_sat | pgd_cw"))
-    val_attack_steps: int = field(default=10, metadata=_h("validation attack steps"))
-    val_batch_size: int | None = field(
-        default=None, metadata=_h("validation batch size (default: batch_size)")
-    )
-    seed: int = field(default=0, metadata=_h("random seed"))
-    deterministic: bool = field(
-        default=False, metadata=_h("torch.use_deterministic_algorithms during the run")
-    )
-    device: str = field(default="auto", metadata=_h("auto | cpu | cuda | cuda:N"))
-    sync_bn: bool = field(default=False, metadata=_h("SyncBatchNorm under DDP"))
-    log_every: int = field(default=50, metadata=_h("read the step logs back every N steps"))
-    tensorboard: bool = field(default=True, metadata=_h("also log to TensorBoard if available"))
-
-    def __post_init__(self) -> None:
-        if isinstance(self.milestones, list):
-            self.milestones = tuple(self.milestones)
-        self.validate()
-
-    # -- validation -------------------------------------------------------------------------
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field."""
-        if self.method not in _methods.METHODS:
-            _bad("method", self.method, f"one of {sorted(_methods.METHODS)}")
-        if self.dataset not in _data.DATASETS:
-            _bad("dataset", self.dataset, f"one of {sorted(_data.DATASETS)}")
-        names = _models.model_names()
-        if self.student not in names:
-            _bad("student", self.student, f"one of {names}")
-        for name in ("clean_teacher_arch", "adv_teacher_arch"):
-            value = getattr(self, name)
-            if value is not None and value not in names:
-                _bad(name, value, f"None or one of {names}")
-        for name in ("clean_teacher", "adv_teacher", "data_dir"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, str) and value):
-                _bad(name, value, "None or a non-empty path string")
-        spec = _methods.METHODS[self.method]
-        if spec.needs_clean_teacher and self.clean_teacher is None:
-            _bad("clean_teacher", None, f"a checkpoint path (method {self.method!r} needs one)")
-        if spec.needs_adv_teacher and self.adv_teacher is None:
-            _bad("adv_teacher", None, f"a checkpoint path (method {self.method!r} needs one)")
-        for name in ("clean_teacher_kwargs", "adv_teacher_kwargs", "student_kwargs", "hyper"):
-            value = getattr(self, name)
-            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-                _bad(name, value, "a dict with string keys")
-        spec.resolve_hyper(self.hyper)  # unknown keys and bad values raise ValueError
-        for name in (
-            "fold_bn",
-            "amp",
-            "compile",
-            "download",
-            "nesterov",
-            "deterministic",
-            "sync_bn",
-            "tensorboard",
-        ):
-            if not isinstance(getattr(self, name), bool):
-                _bad(name, getattr(self, name), "a bool")
-        if self.memory_format not in MEMORY_FORMATS:
-            _bad("memory_format", self.memory_format, f"one of {list(MEMORY_FORMATS)}")
-        for name in ("epochs", "batch_size", "val_attack_steps", "log_every"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("val_size", self.val_size, minimum=0)
-        _check_int("seed", self.seed, minimum=0)
-        for name in ("train_subset", "val_batch_size"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
-        if self.attack_steps is not None:
-            _check_int("attack_steps", self.attack_steps, minimum=0)
-        _check_float("lr", self.lr, "a positive finite float", lambda v: v > 0)
-        _check_float("momentum", self.momentum, "a float in [0, 1)", lambda v: 0 <= v < 1)
-        _check_float("weight_decay", self.weight_decay, "a float >= 0", lambda v: v >= 0)
-        _check_float("lr_gamma", self.lr_gamma, "a float in (0, 1]", lambda v: 0 < v <= 1)
-        _check_float("weight_lr", self.weight_lr, "a float in (0, 1]", lambda v: 0 < v <= 1)
-        _check_float("beta", self.beta, "a finite float >= 0", lambda v: v >= 0)
-        for name in ("eps", "step_size"):
-            if getattr(self, name) is not None:
-                _check_float(name, getattr(self, name), "None or a positive float", lambda v: v > 0)
-        if self.nesterov and self.momentum == 0:
-            _bad("momentum", self.momentum, "> 0 when `nesterov = True`")
-        if not isinstance(self.milestones, tuple) or not all(
-            _is_real(m) and 0 < m <= 1 for m in self.milestones
-        ):
-            _bad("milestones", self.milestones, "a sequence of fractions of the epochs in (0, 1]")
-        if list(self.milestones) != sorted(self.milestones):
-            _bad("milestones", self.milestones, "sorted in increasing order")
-        if self.augment is not None and self.augment not in AUGMENTATIONS:
-            _bad("augment", self.augment, f"None or one of {list(AUGMENTATIONS)}")
-        if self.val_attack not in VAL_ATTACKS:
-            _bad("val_attack", self.val_attack, f"one of {list(VAL_ATTACKS)}")
-        if not isinstance(self.device, str):
-            _bad("device", self.device, "'auto' or a torch device string")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, ValueError):
-                _bad("device", self.device, "'auto' or a torch device string such as 'cuda:0'")
-
-    # -- serialisation ------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of all fields (``milestones`` as a list)."""
-        out = dataclasses.asdict(self)
-        out["milestones"] = list(self.milestones)
-        return out
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """Build a config from a dict such as :meth:`to_dict` returns; unknown keys are errors."""
-        if not isinstance(values, Mapping):
-            _bad("values", values, "a mapping of TrainConfig fields")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"Parameter `values` should only hold TrainConfig fields {sorted(known)}. "
-                f"Found unknown keys {unknown}."
-            )
-        required = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-            and f.name not in values
-        ]
-        if required:
-            raise ValueError(
-                f"Parameter `values` should give the required fields {required}. "
-                f"Found keys {sorted(values)}."
-            )
-        return cls(**dict(values))
-
-    def save(self, path: str | Path) -> None:
-        """Write the config as indented JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        """Read a config written by :meth:`save` (or any JSON dict of fields)."""
-        try:
-            values = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"Could not read a TrainConfig from {str(path)!r}: {exc}") from exc
-        return cls.from_dict(values)
-
-    # -- resolved values ----------------------------------------------------------------------
-    def resolved_attack(self) -> tuple[float, float, int]:
-        """``(eps, step_size, attack_steps)`` with the dataset defaults filled in."""
-        eps = self.eps if self.eps is not None else float(_data.DATASETS[self.dataset].default_eps)
-        step = self.step_size if self.step_size is not None else eps / 4
-        steps = self.attack_steps if self.attack_steps is not None else 10
-        return float(eps), float(step), int(steps)
-
-    def resolved_augment(self) -> str | None:
-        """The loader's ``augment`` argument: the dataset default when ``augment`` is None."""
-        if self.augment is None:
-            return None if self.dataset == "fashion_mnist" else "crop_flip"
-        return None if self.augment == "none" else self.augment
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _bad(name: str, value: object, expected: str) -> None:
-    raise ValueError(f"Parameter `{name}` should be {expected}. Found `{name} = {value!r}`.")
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        _bad(name, value, f"an integer >= {minimum}")
-
-
-def _check_float(name: str, value: object, expected: str, ok) -> None:
-    if not _is_real(value) or not math.isfinite(value) or not ok(value):
-        _bad(name, value, expected)
-
-
-def resolve_memory_format(memory_format: str, device: torch.device | str) -> torch.memory_format:
-    """The memory format of the student, the teachers and the batches.
-
-    ``"auto"`` is ``torch.channels_last`` on CPU, where it makes the MTARD step of the
-    Fashion-MNIST CNNs markedly faster (``python -m benchmarks.step_options``; figures in
-    ``docs/benchmarks.md``), and ``torch.contiguous_format`` on other devices (not measured
-    there yet). The layout changes no result beyond float rounding.
-
-    Example:
-        >>> resolve_memory_format("auto", "cpu")
-        torch.channels_last
-        >>> resolve_memory_format("contiguous", "cpu")
-        torch.contiguous_format
-    """
-    if memory_format not in MEMORY_FORMATS:
-        _bad("memory_format", memory_format, f"one of {list(MEMORY_FORMATS)}")
-    if memory_format == "auto":
-        memory_format = "channels_last" if torch.device(device).type == "cpu" else "contiguous"
-    return torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
-
-
-def milestone_epochs(config: TrainConfig) -> list[int]:
-    """Epoch counts after which lr (and ``weight_lr``) are multiplied by ``lr_gamma``.
-
-    ``round(fraction * epochs)``, at least 1; ``(215/300, 260/300, 285/300)`` with 300 epochs
-    gives ``[215, 260, 285]``: epochs 216 to 260 (1-based) run at ``0.1 * lr``, as in the
-    official code, which decays at the end of epoch 215. Milestones that coincide decay twice.
-    """
-    return [max(1, round(m * config.epochs)) for m in config.milestones]
-
-
-# ----------------------------------------------------------------------------------------------
-# Teachers
-# ----------------------------------------------------------------------------------------------
-def _fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A copy of ``conv`` that computes ``bn(conv(x))`` with BN in eval mode.
-
-    ``s = gamma / sqrt(running_var + eps)``; ``W' = s * W`` (per output channel) and
-    ``b' = s * (b - running_mean) + beta``, computed in float64 and cast back.
-    """
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
-    with torch.no_grad():
-        var = bn.running_var.double()
-        scale = torch.rsqrt(var + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.double()
-        shift = -bn.running_mean.double() * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.double()
-        weight = conv.weight.double() * scale.reshape(-1, 1, 1, 1)
-        bias = shift if conv.bias is None else conv.bias.double() * scale + shift
-        fused.weight.copy_(weight.to(conv.weight.dtype))
-        fused.bias.copy_(bias.to(conv.weight.dtype))
-    fused.eval()
-    fused.requires_grad_(conv.weight.requires_grad)
-    return fused
-
-
-def fold_batchnorm(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
-    """Fold every eval-mode ``BatchNorm2d`` fed directly and only by a ``Conv2d`` into it.
-
-    ``bn(conv(x)) = conv'(x)`` with :func:`_fuse_conv_bn`'s weights, exactly up to float
-    rounding, *in eval mode only* (BN then applies a fixed per-channel affine map), so
-    ``model.training`` must be False. The pairs are found by running ``model`` once on
-    ``example_input`` with hooks and reading the autograd graph: a pair is folded only when
-    the BN's input is the conv's output, nothing else uses that output, and each module is
-    called once. Anything else is left as it is, so the function works on any architecture
-    (no symbolic tracing). The conv is replaced by the fused conv and the BN by
-    ``nn.Identity`` *in place*; the model is returned and must stay in eval mode.
-    """
-    if model.training:
-        raise ValueError(
-            "Parameter `model` should be in eval mode to fold BatchNorm (running statistics). "
-            "Found `model.training = True`."
-        )
-    calls: collections.Counter[str] = collections.Counter()
-    conv_out: dict[str, Any] = {}  # conv name -> autograd node of its output
-    bn_in: dict[str, Any] = {}  # bn name -> autograd node of its input
-
-    def after_conv(name: str):
-        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            calls[name] += 1
-            conv_out[name] = output.grad_fn
-
-        return hook
-
-    def before_bn(name: str):
-        def hook(module: nn.Module, inputs: Any) -> None:
-            calls[name] += 1
-            bn_in[name] = inputs[0].grad_fn
-
-        return hook
-
-    modules = dict(model.named_modules())
-    handles = []
-    for name, module in modules.items():
-        if type(module) is nn.Conv2d:
-            handles.append(module.register_forward_hook(after_conv(name)))
-        elif type(module) is nn.BatchNorm2d:
-            handles.append(module.register_forward_pre_hook(before_bn(name)))
-    try:
-        with torch.enable_grad():
-            output = model(example_input.detach().clone().requires_grad_(True))
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    # How many graph edges (and model outputs) use each autograd node.
-    uses: collections.Counter[Any] = collections.Counter()
-    outputs = _tensors(output)
-    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
-    uses.update(stack)
-    seen = set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        for child, _ in node.next_functions:
-            if child is not None:
-                uses[child] += 1
-                stack.append(child)
-
-    producer = {node: name for name, node in conv_out.items() if node is not None}
-    for bn_name, node in bn_in.items():
-        conv_name = producer.get(node)
-        bn = modules[bn_name]
-        if (
-            conv_name is None
-            or uses[node] != 1
-            or calls[conv_name] != 1
-            or calls[bn_name] != 1
-            or bn.running_mean is None
-            or bn.running_var is None
-        ):
-            continue
-        _set_submodule(model, conv_name, _fuse_conv_bn(modules[conv_name], bn))
-        _set_submodule(model, bn_name, nn.Identity())
-    return model.eval()
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    """The tensors in a (nested) tuple, list or dict of outputs."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, Mapping):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    return []
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
-def prepare_teacher(
-    model: nn.Module,
-    *,
-    device: str | torch.device | None = None,
-    fold_bn: bool = True,
-    example_input: torch.Tensor | None = None,
-) -> nn.Module:
-    """Freeze a teacher: eval mode, no parameter gradients, on ``device``, BN folded.
-
-    Folding (:func:`fold_batchnorm`) needs an ``example_input`` (one small batch of the
-    model's input shape); without one, or with ``fold_bn=False``, the BN layers stay.
-    """
-    model.eval()
-    model.requires_grad_(False)
-    if device is not None:
-        model = model.to(device)
-    if fold_bn and example_input is not None:
-        example = example_input.to(next(model.parameters()).device)
-        model = fold_batchnorm(model, example)
-        model.requires_grad_(False)
-    return model.eval()
-
-
-def load_teacher_model(
-    path: str | Path,
-    *,
-    arch: str | None,
-    num_classes: int,
-    in_channels: int,
-    model_kwargs: dict[str, Any] | None = None,
-    device: str | torch.device | None = None,
-    fold_bn: bool = True,
-    image_size: int | None = None,
-) -> nn.Module:
-    """Load a teacher checkpoint and :func:`prepare_teacher` it.
-
-    ``arch=None`` reads one of this project's checkpoints (:func:`checkpoints.load_model`);
-    otherwise a foreign checkpoint (RobustBench, TRADES) is read into ``build_model(arch, ...)``
-    with :func:`checkpoints.load_teacher`. BatchNorm is folded when ``fold_bn`` and
-    ``image_size`` (the side of the square input images) are given.
-    """
-    if arch is None:
-        model = _checkpoints.load_model(path)
-    else:
-        model = _checkpoints.load_teacher(
-            path,
-            arch=arch,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            fmt="auto",
-            model_kwargs=model_kwargs or None,
-        )
-    example = None
-    if image_size is not None:
-        generator = torch.Generator().manual_seed(0)  # leaves the global RNG alone
-        example = torch.rand(2, in_channels, image_size, image_size, generator=generator)
-    return prepare_teacher(model, device=device, fold_bn=fold_bn, example_input=example)
-
-
-# ----------------------------------------------------------------------------------------------
-# Distributed helpers
-# ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """In-place sum over ranks (moved to the current CUDA device for NCCL)."""
-        if not self.enabled:
-            return tensor
-        if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
-            on_device = tensor.to(torch.device("cuda", torch.cuda.current_device()))
-            dist.all_reduce(on_device)
-            tensor.copy_(on_device)
-        else:
-            dist.all_reduce(tensor)
-        return tensor
-
-    def gather_objects(self, obj: Any) -> list[Any]:
-        if not self.enabled:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-
-def _dist_info() -> _Dist:
-    if dist.is_available() and dist.is_initialized():
-        return _Dist(rank=dist.get_rank(), world_size=dist.get_world_size())
-    return _Dist()
-
-
-def _launched_by_torchrun() -> bool:
-    """Whether the environment holds a process group's coordinates (``torchrun``, or any
-    launcher that sets ``RANK`` and ``WORLD_SIZE`` for ``init_method="env://"``)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def _is_main_process() -> bool:
-    """Rank 0 of the process group, or of the launcher's environment, or a lone process."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _local_rank(ddp: _Dist) -> int | None:
-    """This process's index on its node (``LOCAL_RANK``); None for a single process."""
-    if not ddp.enabled:
-        return None
-    return int(os.environ.get("LOCAL_RANK", ddp.rank))
-
-
-def resolve_device(device: str = "auto", local_rank: int | None = None) -> torch.device:
-    """The device of this process.
-
-    ``"auto"`` is ``cuda:<local_rank>`` (modulo the number of GPUs) when CUDA is available and
-    ``cpu`` otherwise; ``"cuda"`` without an index is ``cuda:<local_rank>``; anything else is
-    used as given. ``local_rank`` is ``LOCAL_RANK`` under ``torchrun`` and ``None`` (index 0)
-    for a single process.
-
-    Example:
-        >>> resolve_device("cpu", local_rank=3)
-        device(type='cpu')
-        >>> resolve_device("cuda", local_rank=3)
-        device(type='cuda', index=3)
-    """
-    index = local_rank or 0
-    if device == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", index % torch.cuda.device_count())
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda", index)
-    return resolved
-
-
-def distributed_backend(device: str = "auto") -> str:
-    """``"nccl"`` for CUDA devices (``"auto"`` when CUDA is available), ``"gloo"`` otherwise.
-
-    Example:
-        >>> distributed_backend("cpu")
-        'gloo'
-    """
-    if device == "auto":
-        return "nccl" if torch.cuda.is_available() else "gloo"
-    return "nccl" if torch.device(device).type == "cuda" else "gloo"
-
-
-@contextlib.contextmanager
-def distributed_session(device: str = "auto") -> Iterator[_Dist]:
-    """Join the process group that ``torchrun`` describes, for the duration of the block.
-
-    Under ``torchrun`` (``RANK`` and ``WORLD_SIZE`` in the environment) and with
-    ``torch.distributed`` not yet initialised, calls ``init_process_group(backend,
-    init_method="env://")`` with :func:`distributed_backend` of ``device`` (NCCL on GPUs, Gloo
-    on CPUs; for NCCL the process's GPU, :func:`resolve_device` of ``LOCAL_RANK``, is selected
-    first) and destroys the group on exit. A group initialised by the caller is used as it is
-    and left alone; a plain process runs alone. Yields the rank and world size.
-
-    Example:
-        >>> with distributed_session("cpu") as ddp:  # not under torchrun: a lone process
-        ...     (ddp.rank, ddp.world_size)
-        (0, 1)
-    """
-    initialised = False
-    if _launched_by_torchrun() and dist.is_available() and not dist.is_initialized():
-        backend = distributed_backend(device)
-        if backend == "nccl":
-            local_rank = int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
-            torch.cuda.set_device(resolve_device(device, local_rank))
-        dist.init_process_group(backend=backend, init_method="env://")
-        initialised = True
-    try:
-        yield _dist_info()
-    finally:
-        if initialised and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _broadcast_buffers(module: nn.Module, ddp: _Dist) -> None:
-    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
-
-    DistributedDataParallel broadcasts rank 0's buffers before each forward with gradients,
-    so after the last forward of an epoch each rank holds its own statistics update. This
-    makes the replicas identical again before validation and checkpoints (one broadcast per
-    dtype, a no-op for a single process).
-    """
-    if not ddp.enabled:
-        return
-    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-    for buffer in module.buffers():
-        groups.setdefault((buffer.dtype, buffer.device), []).append(buffer)
-    nccl = dist.get_backend() == "nccl"
-    for (_, device), buffers in groups.items():
-        flat = torch.cat([b.detach().reshape(-1) for b in buffers])
-        if nccl and device.type != "cuda":
-            flat = flat.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.broadcast(flat, src=0)
-        offset = 0
-        with torch.no_grad():
-            for b in buffers:
-                b.copy_(flat[offset : offset + b.numel()].view_as(b))
-                offset += b.numel()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -840,70 +182,6 @@ def validate(
 
 
 # ----------------------------------------------------------------------------------------------
-# Logs
-# ----------------------------------------------------------------------------------------------
-def _format(value: object) -> str:
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-class _CsvLog:
-    """Append-only CSV with a fixed header, flushed after each block of rows."""
-
-    def __init__(self, path: Path, columns: list[str], *, keep_epochs: int | None) -> None:
-        self.path = path
-        self.columns = columns
-        if keep_epochs is not None and path.exists():
-            self._truncate(keep_epochs)
-        new = not path.exists() or path.stat().st_size == 0
-        self._file = path.open("a", newline="")
-        self._writer = csv.writer(self._file)
-        if new:
-            self._writer.writerow(columns)
-            self._file.flush()
-
-    def _truncate(self, keep_epochs: int) -> None:
-        """Drop rows of epochs after ``keep_epochs`` (written before an interruption)."""
-        with self.path.open(newline="") as f:
-            rows = list(csv.reader(f))
-        if not rows or rows[0] != self.columns:
-            raise ValueError(
-                f"Cannot resume: the log {str(self.path)!r} has columns {rows[0] if rows else []}, "
-                f"expected {self.columns}."
-            )
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= keep_epochs]
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            csv.writer(f).writerows(kept)
-        os.replace(tmp, self.path)
-
-    def write(self, rows: list[list[object]]) -> None:
-        self._writer.writerows([[_format(v) for v in row] for row in rows])
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def _summary_writer(log_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is optional
-        return None
-    return SummaryWriter(log_dir=str(log_dir))
-
-
-def _row_tensor(value: object, n: int, device: torch.device) -> torch.Tensor:
-    """A float64 1-D tensor of ``n`` values on ``device`` (NaN when the value is unknown)."""
-    if value is None:
-        return torch.full((n,), float("nan"), dtype=torch.float64, device=device)
-    if isinstance(value, torch.Tensor):
-        return value.detach().reshape(-1).to(device=device, dtype=torch.float64)
-    return torch.as_tensor(np.asarray(value, dtype=np.float64).reshape(-1), device=device)
-
-
-# ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
@@ -917,15 +195,6 @@ def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if device.type == "cuda" and state.get("cuda") is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _config_differences(saved: TrainConfig, given: TrainConfig) -> list[str]:
-    a, b = saved.to_dict(), given.to_dict()
-    return [
-        f"{k}: {a[k]!r} (saved) vs {b[k]!r} (given)"
-        for k in a
-        if k not in _RESUME_MUTABLE and a[k] != b[k]
-    ]
 
 
 def _prepare_data(
@@ -1520,15 +789,6 @@ class _Trainer:
         return result
 
 
-def _last_row(path: Path) -> dict[str, Any] | None:
-    """The last row of an epochs log, as floats (None when the log has no rows)."""
-    if not path.exists():
-        return None
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {k: float(v) for k, v in rows[-1].items()} if rows else None
-
-
 def _json_clean(value: Any) -> Any:
     """Replace non-finite floats by None so that the result is strict JSON."""
     if isinstance(value, dict):
@@ -1538,34 +798,6 @@ def _json_clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _tqdm(total: int, desc: str, enabled: bool):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is an optional dependency of the integration
-        return _NoBar()
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
-
-
-def _tqdm_write(text: str) -> None:
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        print(text)
-    else:
-        tqdm.write(text)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 # ----------------------------------------------------------------------------------------------
