@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .attacks import ATTACK_NAMES, DEFAULT_EPS, make_attack, model_mode
+from .parallel import distributed_session, resolve_device
 
 __all__ = [
     "DEFAULT_ATTACKS",
@@ -471,8 +472,6 @@ def _checkpoint_dataset(path: Path) -> str:
 
 def _run_cli(args: argparse.Namespace) -> int:
     """Run ``evaluate``; under ``torchrun`` each rank attacks its shard and rank 0 writes."""
-    from .loop import distributed_session
-
     with distributed_session(args.device) as ddp:
         return _evaluate_cli(args, ddp)
 
@@ -480,7 +479,6 @@ def _run_cli(args: argparse.Namespace) -> int:
 def _evaluate_cli(args: argparse.Namespace, ddp: Any) -> int:
     from .checkpoints import load_model, load_teacher
     from .data import DATASETS, load_dataset
-    from .loop import resolve_device
 
     device = args.device
     if ddp.enabled:  # one device per process: "cuda" means cuda:LOCAL_RANK
