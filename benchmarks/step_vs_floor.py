@@ -141,7 +141,9 @@ def measure(w: Workload, *, repeats: int, warmup: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(NAME, __doc__.splitlines()[0])
-    parser.add_argument("--workload", nargs="+", default=["fmnist"], choices=sorted(WORKLOADS))
+    parser.add_argument(
+        "--workload", nargs="+", default=["fmnist", "cifar_resnet18"], choices=sorted(WORKLOADS)
+    )
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--attack-steps", type=int, default=10)
     args = parse_args(parser, argv)

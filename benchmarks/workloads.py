@@ -7,8 +7,9 @@ Two workloads (``--workload``):
                    teachers ``large_cnn``; eps 0.1, step 0.025; batch 128 by default.
 ``cifar_resnet18`` CIFAR shapes (3 x 32 x 32, 10 classes), student ``resnet18``, clean teacher
                    ``resnet56`` (the paper's), adversarial teacher ``resnet18``: a CPU stand-in
-                   for the paper's WRN-34-10, whose forward alone would take longer than the whole
-                   ResNet-18 step on a 2-core CPU (``--adv-teacher wrn34_10`` restores it);
+                   for the paper's WRN-34-10 (48 M parameters, all at full width: too slow for
+                   a quick CPU benchmark; ``build_workload(..., adv_teacher="wrn34_10")``
+                   restores it, as ``python -m benchmarks.gpu_checks`` does);
                    eps 8/255, step 2/255; batch 32 by default on CPU.
 =================  ==============================================================================
 
