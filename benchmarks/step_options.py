@@ -34,7 +34,7 @@ from benchmarks.timing import (
     time_interleaved,
     write_results,
 )
-from benchmarks.workloads import WORKLOADS, build_workload
+from benchmarks.workloads import add_workload_arguments, build_workload
 
 NAME = "step_options"
 
@@ -120,9 +120,7 @@ def measure(name: str, args: Any) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(NAME, __doc__.splitlines()[0])
     parser.set_defaults(repeats=5)
-    parser.add_argument("--workload", nargs="+", default=["fmnist"], choices=sorted(WORKLOADS))
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--attack-steps", type=int, default=10)
+    add_workload_arguments(parser, default=["fmnist"])
     parser.add_argument(
         "--compile", action="store_true", help="also time torch.compile(student) (slow to build)"
     )

@@ -35,7 +35,12 @@ from benchmarks.timing import (
     time_interleaved,
     write_results,
 )
-from benchmarks.workloads import WORKLOADS, Workload, build_workload, make_optimizer
+from benchmarks.workloads import (
+    Workload,
+    add_workload_arguments,
+    make_optimizer,
+    workloads_from_args,
+)
 
 NAME = "step_vs_floor"
 
@@ -141,22 +146,11 @@ def measure(w: Workload, *, repeats: int, warmup: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(NAME, __doc__.splitlines()[0])
-    parser.add_argument(
-        "--workload", nargs="+", default=["fmnist", "cifar_resnet18"], choices=sorted(WORKLOADS)
-    )
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--attack-steps", type=int, default=10)
+    add_workload_arguments(parser, default=["fmnist", "cifar_resnet18"])
     args = parse_args(parser, argv)
     print_machine()
     results = {}
-    for name in args.workload:
-        w = build_workload(
-            name,
-            batch_size=args.batch_size,
-            attack_steps=args.attack_steps,
-            device=args.device,
-            seed=args.seed,
-        )
+    for name, w in workloads_from_args(args):
         result = measure(w, repeats=args.repeats, warmup=args.warmup)
         info = w.info
         print_table(

@@ -33,7 +33,7 @@ from benchmarks.timing import (
     time_interleaved,
     write_results,
 )
-from benchmarks.workloads import WORKLOADS, Workload, build_workload
+from benchmarks.workloads import Workload, add_workload_arguments, workloads_from_args
 
 NAME = "step_vs_reference"
 TARGET = 1.5
@@ -71,22 +71,11 @@ def measure(w: Workload, *, repeats: int, warmup: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = base_parser(NAME, __doc__.splitlines()[0])
     parser.set_defaults(repeats=3)
-    parser.add_argument(
-        "--workload", nargs="+", default=["cifar_resnet18", "fmnist"], choices=sorted(WORKLOADS)
-    )
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the workload's")
-    parser.add_argument("--attack-steps", type=int, default=10)
+    add_workload_arguments(parser, default=["cifar_resnet18", "fmnist"])
     args = parse_args(parser, argv)
     print_machine()
     results = {}
-    for name in args.workload:
-        w = build_workload(
-            name,
-            batch_size=args.batch_size,
-            attack_steps=args.attack_steps,
-            device=args.device,
-            seed=args.seed,
-        )
+    for name, w in workloads_from_args(args):
         results[name] = measure(w, repeats=args.repeats, warmup=args.warmup)
         print(
             f"{name}: student {w.info['student']}, teachers {w.info['clean_teacher']} (clean) / "

@@ -27,8 +27,9 @@ the four lines of the training loop (``weighting.step``, ``zero_grad(set_to_none
 
 from __future__ import annotations
 
+import argparse
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -286,3 +287,25 @@ def _warm_batchnorm(model: nn.Module, shape: _Shape, device: torch.device) -> No
         x = torch.rand(16, shape.channels, shape.size, shape.size, generator=generator)
         model(x.to(device))
     model.eval()
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser, *, default: list[str]) -> None:
+    """``--workload`` (one or more of :data:`WORKLOADS`), ``--batch-size``, ``--attack-steps``."""
+    parser.add_argument("--workload", nargs="+", default=default, choices=sorted(WORKLOADS))
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the workload's")
+    parser.add_argument("--attack-steps", type=int, default=10)
+
+
+def workloads_from_args(args: argparse.Namespace) -> Iterator[tuple[str, Workload]]:
+    """Build each workload named by :func:`add_workload_arguments`'s flags, one at a time."""
+    for name in args.workload:
+        yield (
+            name,
+            build_workload(
+                name,
+                batch_size=args.batch_size,
+                attack_steps=args.attack_steps,
+                device=args.device,
+                seed=args.seed,
+            ),
+        )
