@@ -1,0 +1,84 @@
+"""Bookkeeping of a reproduction's results directory: where each run lives, atomic writes,
+and the wall time and status of each stage (``<out>/stages.json``).
+
+Results directory::
+
+    <out>/config.json                        the resolved profile
+    <out>/stages.json                        wall time of each stage that did work
+    <out>/teachers/{clean,adv}/              teacher run directories (when trained here)
+    <out>/runs/<student>/<method>/seed<k>/   student run directories (loop.train)
+    <out>/eval/*.json, *.md                  one evaluation per teacher and per run
+    <out>/white_box.md, black_box.md, ablation.md, teachers.md, results.json, summary.md
+    <out>/figures/*.png
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# The pipeline's logger (``anl-mtard reproduce`` sets its level): stage starts and ends.
+logger = logging.getLogger("anl.integrations.mtard.reproduce")
+
+
+def _run_dir(out: Path, student: str, method: str, seed: int) -> Path:
+    return out / "runs" / student / method / f"seed{seed}"
+
+
+def _checkpoint_path(run_dir: Path, which: str) -> Path:
+    """``best.pt`` (validation W-Robust) or ``final.pt`` of a :func:`loop.train` run directory."""
+    return run_dir / "checkpoints" / "best.pt" if which == "best" else run_dir / "final.pt"
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class _Stages:
+    """Wall time and status of each stage, for this invocation and across resumed ones.
+
+    Stages that did work are recorded in ``<out>/stages.json`` as soon as they end, so that a
+    resumed reproduction can report how long its skipped stages took when they ran.
+    """
+
+    path: Path
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    history: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    main: bool = True  # rank 0 (or a lone process): the one that logs and writes the file
+
+    def __post_init__(self) -> None:
+        if self.main and self.path.exists():
+            with contextlib.suppress(json.JSONDecodeError):
+                self.history = json.loads(self.path.read_text())
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[dict[str, Any]]:
+        if self.main:
+            logger.info("stage %s: start", name)
+        row: dict[str, Any] = {"stage": name, "status": "ran"}
+        start = time.perf_counter()
+        try:
+            yield row
+        finally:
+            row["wall_s"] = time.perf_counter() - start
+            if row["status"].startswith("skipped"):
+                if name in self.history:
+                    row["earlier_s"] = self.history[name]["wall_s"]
+            else:
+                self.history[name] = {"status": row["status"], "wall_s": row["wall_s"]}
+                if self.main:
+                    _write_text(self.path, json.dumps(self.history, indent=2) + "\n")
+            self.rows.append(row)
+            if self.main:
+                logger.info("stage %s: %s in %.1f s", name, row["status"], row["wall_s"])
