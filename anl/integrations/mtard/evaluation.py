@@ -457,11 +457,18 @@ def register_cli(subparsers: Any) -> None:
     parser.set_defaults(func=_run_cli)
 
 
-def _checkpoint_dataset(path: Path) -> str:
+def _checkpoint_metadata(path: Path) -> dict[str, Any]:
+    """The entries of a checkpoint other than its weights (``dataset``, ``method``, ...)."""
     from .checkpoints import safe_load
 
     checkpoint = safe_load(path)
-    dataset = checkpoint.get("dataset") if isinstance(checkpoint, dict) else None
+    if not isinstance(checkpoint, dict):
+        return {}
+    return {k: v for k, v in checkpoint.items() if k != "state_dict"}
+
+
+def _checkpoint_dataset(metadata: dict[str, Any], path: Path) -> str:
+    dataset = metadata.get("dataset")
     if not isinstance(dataset, str):
         raise ValueError(
             f"Parameter `--dataset` should be given: the checkpoint {str(path)!r} does not "
@@ -485,7 +492,8 @@ def _evaluate_cli(args: argparse.Namespace, ddp: Any) -> int:
         device = resolve_device(args.device, int(os.environ.get("LOCAL_RANK", ddp.rank)))
         if device.type == "cuda":
             torch.cuda.set_device(device)
-    dataset = args.dataset or _checkpoint_dataset(args.checkpoint)
+    metadata = _checkpoint_metadata(args.checkpoint)
+    dataset = args.dataset or _checkpoint_dataset(metadata, args.checkpoint)
     if dataset not in DATASETS:
         raise ValueError(
             f"Parameter `--dataset` should be one of {sorted(DATASETS)}. Found {dataset!r}."
@@ -535,12 +543,15 @@ def _evaluate_cli(args: argparse.Namespace, ddp: Any) -> int:
     if not ddp.main:
         return 0
     name = args.name or args.checkpoint.stem
-    results["defense"] = name
+    # Label the rows with the training method the checkpoint records, else the file name.
+    method = metadata.get("method")
+    defense = args.name or (method if isinstance(method, str) else name)
+    results["defense"] = defense
     results["checkpoint"] = str(args.checkpoint)
     if args.surrogate is not None:
         results["surrogate"] = str(args.surrogate)
     out = args.out if args.out is not None else args.checkpoint.parent
-    json_path, md_path = write_results(results, out, f"eval_{name}_{dataset}", defense=name)
-    print(results_table(result_rows(results, name)))
+    json_path, md_path = write_results(results, out, f"eval_{name}_{dataset}", defense=defense)
+    print(results_table(result_rows(results, defense)))
     print(f"\nwrote {json_path} and {md_path}")
     return 0

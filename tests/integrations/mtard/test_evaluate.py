@@ -343,3 +343,28 @@ def test_cli_with_a_real_checkpoint(
     assert result["attacks"] == json.loads(json.dumps(expected["attacks"]))
     assert result["clean"] == expected["clean"] and result["dataset"] == "fashion_mnist"
     assert "| FGSM | SAT |" in capsys.readouterr().out
+
+
+def test_cli_labels_rows_with_the_method_the_checkpoint_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from anl.integrations.mtard.checkpoints import save_model_checkpoint
+    from anl.integrations.mtard.models import build_model
+
+    g = torch.Generator().manual_seed(2)
+    data = ImageData(
+        torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8, generator=g),
+        torch.randint(0, 10, (6,), generator=g),
+        DATASETS["fashion_mnist"],
+    )
+    monkeypatch.setattr("anl.integrations.mtard.data.load_dataset", lambda *a, **k: data)
+    ckpt = tmp_path / "best.pt"
+    save_model_checkpoint(
+        ckpt, build_model("small_cnn", num_classes=10, in_channels=1), arch="small_cnn",
+        num_classes=10, in_channels=1, extra={"dataset": "fashion_mnist", "method": "mtard"},
+    )  # fmt: skip
+    args = _parser().parse_args(["evaluate", str(ckpt), "--attacks", "fgsm", "--no-progress"])
+    assert args.func(args) == 0
+    result = json.loads((tmp_path / "eval_best_fashion_mnist.json").read_text())
+    assert result["defense"] == "mtard"
+    assert "| FGSM | mtard |" in capsys.readouterr().out
