@@ -17,7 +17,6 @@ device with :func:`torch.where` and counted in :attr:`LossWeighting.num_skipped`
 from __future__ import annotations
 
 import functools
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from anl._backend import LossValue, first_bad_value, order_losses, parse_names, prepare
+from anl._history import StepHistory
 from anl.distributed import mean_across_ranks
 
 _STATE_TENSORS = (
@@ -122,12 +122,12 @@ class LossWeighting:
         }
         self._num_calls = 0
         self._tensor_mode = False
-        self._history_steps: deque[int] = deque(maxlen=self.history_size)
-        self._history_rows: deque[torch.Tensor] = deque(maxlen=self.history_size)
+        self._history = StepHistory(3 * n + 1, self._dtype, self.history_size)
 
     def _move_state(self, device: torch.device) -> None:
         if self._state["weights"].device != device:
             self._state = {k: v.to(device) for k, v in self._state.items()}
+            self._history.to(device)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -245,21 +245,13 @@ class LossWeighting:
         weights: torch.Tensor,
         valid: torch.Tensor,
     ) -> None:
-        step = self._num_calls
         self._num_calls += 1
-        if self.history_size == 0:
-            return
-        row = torch.cat([values, relative, weights, valid.to(values.dtype).reshape(1)])
-        self._history_steps.append(step)
-        self._history_rows.append(row)
+        if self.history_size != 0:
+            self._history.append(
+                torch.cat([values, relative, weights, valid.to(values.dtype).reshape(1)])
+            )
 
     # ----------------------------------------------------------------------------- history
-    def _history_matrix(self) -> torch.Tensor:
-        width = 3 * self.num_losses + 1
-        if not self._history_rows:
-            return torch.zeros((0, width), dtype=self._dtype)
-        return torch.stack(list(self._history_rows))
-
     def history(self) -> dict[str, np.ndarray]:
         """Per-step arrays for plotting: ``step`` (T,), ``losses``, ``relative_losses``,
         ``weights`` (T, N) and ``applied`` (T,) (False where invalid losses were masked).
@@ -267,9 +259,10 @@ class LossWeighting:
         Reading the history copies it to the host once (a single synchronisation).
         """
         n = self.num_losses
-        matrix = self._history_matrix().cpu().numpy()
+        matrix = self._history.matrix().cpu().numpy()
         return {
-            "step": np.asarray(self._history_steps, dtype=np.int64),
+            # Every call is recorded, so the kept rows are the newest calls.
+            "step": np.arange(self._num_calls - len(matrix), self._num_calls, dtype=np.int64),
             "losses": matrix[:, :n].copy(),
             "relative_losses": matrix[:, n : 2 * n].copy(),
             "weights": matrix[:, 2 * n : 3 * n].copy(),
@@ -286,8 +279,7 @@ class LossWeighting:
         state: dict[str, Any] = {k: v.clone() for k, v in self._state.items()}
         state["num_calls"] = self._num_calls
         state["tensor_mode"] = self._tensor_mode
-        state["history_steps"] = torch.tensor(list(self._history_steps), dtype=torch.int64)
-        state["history"] = self._history_matrix().clone()
+        state["history"] = self._history.matrix().clone()
         hyper = {
             "rule": type(self).__name__,
             "names": list(self._names),
@@ -337,30 +329,27 @@ class LossWeighting:
         loaded["has_reference"] = loaded["has_reference"].to(torch.bool)
         device = loaded["weights"].device
         loaded = {k: v.to(device) for k, v in loaded.items()}
-        history, steps = state.get("history"), state.get("history_steps")
+        history, num_calls = state.get("history"), state.get("num_calls", 0)
         if (
             not isinstance(history, torch.Tensor)
-            or not isinstance(steps, torch.Tensor)
             or history.dim() != 2
             or history.shape[1] != 3 * n + 1
-            or steps.shape != (history.shape[0],)
+            or not isinstance(num_calls, int)
+            or not 0 <= history.shape[0] <= num_calls
         ):
             raise ValueError(
-                f"State `history` should be a (T, {3 * n + 1}) tensor with T steps in "
-                "`history_steps`. Found something else."
+                f"State `history` should be a (T, {3 * n + 1}) tensor of the last T <= "
+                f"`num_calls` steps. Found {history!r} with `num_calls = {num_calls!r}`."
             )
         self._check_loaded_weights(loaded["weights"])
         self._load_hyperparameters(hyper)
         # Everything is checked: apply.
         self._state = loaded
-        self._num_calls = int(state.get("num_calls", 0))
+        self._num_calls = num_calls
         self._tensor_mode = bool(state.get("tensor_mode", False))
         self.strict = bool(hyper.get("strict", self.strict))
         self.distributed = bool(hyper.get("distributed", self.distributed))
-        self._history_steps = deque(steps.tolist(), maxlen=self.history_size)
-        self._history_rows = deque(
-            history.to(device=device, dtype=self._dtype).unbind(0), maxlen=self.history_size
-        )
+        self._history.load(history.to(device))
 
     def _check_loaded_weights(self, weights: torch.Tensor) -> None:
         """Rule-specific check of restored weights (raise ValueError)."""

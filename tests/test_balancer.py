@@ -483,3 +483,24 @@ def test_repr_names_the_hyperparameters():
     assert repr(AdaptiveLossBalancer(["a", "b"])) == (
         "AdaptiveLossBalancer(['a', 'b'], beta=1.0, weight_lr=0.025)"
     )
+
+
+@pytest.mark.parametrize(("max_rows", "chunk_rows"), [(None, 3), (5, 3), (5, 2), (4, 4), (0, 3)])
+def test_step_history_keeps_the_newest_rows_across_chunks(max_rows, chunk_rows):
+    from anl._history import StepHistory
+
+    history = StepHistory(2, torch.float64, max_rows, chunk_rows=chunk_rows)
+    rows = [torch.tensor([float(t), -float(t)], dtype=torch.float64) for t in range(11)]
+    for count, row in enumerate(rows, start=1):
+        history.append(row)
+        kept = rows[:count] if max_rows is None else rows[max(0, count - max_rows) : count]
+        expected = torch.stack(kept) if kept else torch.zeros((0, 2), dtype=torch.float64)
+        assert len(history) == len(kept)
+        assert torch.equal(history.matrix(), expected)
+    history.load(torch.stack(rows))
+    history.append(rows[0])
+    tail = [*rows, rows[0]]
+    kept = tail if max_rows is None else tail[max(0, len(tail) - max_rows) :]
+    assert torch.equal(
+        history.matrix(), torch.stack(kept) if kept else torch.zeros((0, 2)).double()
+    )
