@@ -29,15 +29,15 @@ class StepHistory:
         full = sum(chunk.shape[0] for chunk in self._chunks[:-1])
         return full + self._fill - self._offset
 
-    def append(self, row: torch.Tensor) -> None:
-        """Copy ``row`` into the next free slot (on ``row``'s device)."""
+    def append(self, *parts: torch.Tensor) -> None:
+        """Write the concatenation of ``parts`` into the next free slot (on their device)."""
         if self.max_rows == 0:
             return
         if not self._chunks or self._fill == self._chunks[-1].shape[0]:
             shape = (self.chunk_rows, self.width)
-            self._chunks.append(torch.empty(shape, dtype=self.dtype, device=row.device))
+            self._chunks.append(torch.empty(shape, dtype=self.dtype, device=parts[0].device))
             self._fill = 0
-        self._chunks[-1][self._fill].copy_(row)
+        torch.cat(parts, out=self._chunks[-1][self._fill])
         self._fill += 1
         if self.max_rows is not None and len(self) > self.max_rows:
             self._offset += 1

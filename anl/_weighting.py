@@ -247,9 +247,7 @@ class LossWeighting:
     ) -> None:
         self._num_calls += 1
         if self.history_size != 0:
-            self._history.append(
-                torch.cat([values, relative, weights, valid.to(values.dtype).reshape(1)])
-            )
+            self._history.append(values, relative, weights, valid.to(values.dtype).reshape(1))
 
     # ----------------------------------------------------------------------------- history
     def history(self) -> dict[str, np.ndarray]:

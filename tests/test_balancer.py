@@ -492,7 +492,7 @@ def test_step_history_keeps_the_newest_rows_across_chunks(max_rows, chunk_rows):
     history = StepHistory(2, torch.float64, max_rows, chunk_rows=chunk_rows)
     rows = [torch.tensor([float(t), -float(t)], dtype=torch.float64) for t in range(11)]
     for count, row in enumerate(rows, start=1):
-        history.append(row)
+        history.append(row[:1], row[1:])
         kept = rows[:count] if max_rows is None else rows[max(0, count - max_rows) : count]
         expected = torch.stack(kept) if kept else torch.zeros((0, 2), dtype=torch.float64)
         assert len(history) == len(kept)
