@@ -18,7 +18,8 @@ not depend on the pixel values, and the benchmarks need no dataset. Networks are
 initialised (seeded); teachers are untrained, which changes nothing in the cost either.
 
 "Our step" is the training code path itself: :data:`~anl.integrations.mtard.methods.METHODS`
-``["mtard"]`` (the attack is :func:`~anl.integrations.mtard.attacks.pgd`), teachers frozen by
+``["mtard"]`` (the attack is :func:`~anl.integrations.mtard.attacks.pgd` on the student's
+:class:`~anl.integrations.mtard.folding.FoldedEvalView`, as the loop runs it), teachers frozen by
 :func:`~anl.integrations.mtard.loop.prepare_teacher`, an :class:`anl.AdaptiveLossBalancer`, and
 the four lines of the training loop (``weighting.step``, ``zero_grad(set_to_none=True)``,
 ``backward``, ``optimizer.step``) plus the loop's device-side log row. The reference is
@@ -37,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from anl import AdaptiveLossBalancer
+from anl.integrations.mtard.folding import FoldedEvalView
 from anl.integrations.mtard.methods import METHODS, MethodContext, build_weighting
 from anl.integrations.mtard.models import build_model
 from benchmarks.reference_mtard import ReferenceMTARD
@@ -92,6 +94,7 @@ class Workload:
     memory_format: torch.memory_format
     prepared_clean: nn.Module
     prepared_adv: nn.Module
+    fold_attack_bn: bool = True
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -115,6 +118,7 @@ class Workload:
             attack_steps=self.attack_steps,
             num_classes=self.num_classes,
             hyper=METHODS["mtard"].resolve_hyper({}),
+            eval_attack_model=FoldedEvalView(student) if self.fold_attack_bn else None,
         )
 
     def our_step(
@@ -204,14 +208,16 @@ def build_workload(
     device: str | torch.device = "cpu",
     seed: int = 0,
     fold_bn: bool = True,
+    fold_attack_bn: bool = True,
     memory_format: str = "auto",
     clean_teacher: str | None = None,
     adv_teacher: str | None = None,
 ) -> Workload:
     """Build the workload ``name`` of :data:`WORKLOADS` (seeded networks and batch).
 
-    ``fold_bn`` and ``memory_format`` ("auto", "channels_last", "contiguous") are the training
-    loop's options of the same names (``TrainConfig``); they apply to our step only.
+    ``fold_bn``, ``fold_attack_bn`` and ``memory_format`` ("auto", "channels_last",
+    "contiguous") are the training loop's options of the same names (``TrainConfig``); they
+    apply to our step only.
     """
     from anl.integrations.mtard.loop import prepare_teacher, resolve_memory_format
 
@@ -258,6 +264,7 @@ def build_workload(
         memory_format=fmt,
         prepared_clean=prepared[0],
         prepared_adv=prepared[1],
+        fold_attack_bn=fold_attack_bn,
         info={
             "workload": name,
             "student": shape.student,
@@ -269,6 +276,7 @@ def build_workload(
             "eps": shape.eps,
             "step_size": shape.step_size,
             "fold_bn": fold_bn,
+            "fold_attack_bn": fold_attack_bn,
             "memory_format": str(fmt).replace("torch.", ""),
             "device": str(device),
         },

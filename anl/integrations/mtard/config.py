@@ -96,6 +96,13 @@ class TrainConfig:
         default_factory=dict, metadata=_h("JSON dict of student constructor arguments")
     )
     fold_bn: bool = field(default=True, metadata=_h("fold teacher BatchNorm into convolutions"))
+    fold_attack_bn: bool = field(
+        default=True,
+        metadata=_h(
+            "run the eval-mode training attacks on the student with its BatchNorm folded "
+            "(the same function up to float rounding; ignored with --compile)"
+        ),
+    )
     memory_format: str = field(
         default="auto",
         metadata=_h(
@@ -185,6 +192,7 @@ class TrainConfig:
         spec.resolve_hyper(self.hyper)  # unknown keys and bad values raise ValueError
         for name in (
             "fold_bn",
+            "fold_attack_bn",
             "amp",
             "compile",
             "download",

@@ -74,6 +74,7 @@ from .config import (
     milestone_epochs,
     resolve_memory_format,
 )
+from .folding import FoldedEvalView
 from .parallel import (
     _broadcast_buffers,
     _Dist,
@@ -412,6 +413,13 @@ class _Trainer:
             attack_steps=attack_steps,
             num_classes=self.info.num_classes,
             hyper=self.spec.resolve_hyper(config.hyper),
+            # The eval-mode attacks run on the plain student's folded function: no DDP
+            # wrapper (no parameter gradients there), no compiled graph to bypass.
+            eval_attack_model=(
+                FoldedEvalView(self.student)
+                if config.fold_attack_bn and not config.compile
+                else None
+            ),
         )
         self.weighting = _methods.build_weighting(
             self.spec, hyper=config.hyper, weight_lr=config.weight_lr, beta=config.beta

@@ -88,6 +88,13 @@ class MethodContext:
         num_classes: number of classes of the task.
         hyper: method hyperparameters; missing keys take :attr:`MethodSpec.defaults`.
         generator: random generator of the attack's random start (``None``: the global one).
+        eval_attack_model: called with the clean batch before each *eval-mode* attack, it
+            returns the module that attack runs on instead of ``student``; it must compute
+            the student's eval-mode function. The training loop passes a
+            :class:`~anl.integrations.mtard.folding.FoldedEvalView` of the student (its
+            BatchNorm folded, the same function up to float rounding, measured faster).
+            ``None``: the attack runs on ``student`` itself. Train-mode attacks (ARD) always
+            run on ``student``.
     """
 
     student: nn.Module
@@ -99,6 +106,7 @@ class MethodContext:
     num_classes: int
     hyper: dict[str, Any] = field(default_factory=dict)
     generator: torch.Generator | None = None
+    eval_attack_model: Callable[[Tensor], nn.Module] | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.eps) and self.eps >= 0):
@@ -250,8 +258,11 @@ def _attack(
     clamp_start: bool,
     model_mode: Literal["eval", "train"],
 ) -> Tensor:
+    model = ctx.student
+    if model_mode == "eval" and ctx.eval_attack_model is not None:
+        model = ctx.eval_attack_model(x)
     return pgd(
-        ctx.student,
+        model,
         x,
         target,
         eps=ctx.eps,

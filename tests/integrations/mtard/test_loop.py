@@ -397,13 +397,15 @@ def test_train_subcommand_end_to_end(teachers, tmp_path, monkeypatch, capsys):
 
 
 def test_speed_options_are_validated_and_keep_the_result(teachers, tmp_path):
-    """``memory_format``, ``amp`` and ``compile`` (docs/benchmarks.md): checked like every
-    field; the channels-last layout (the CPU default) trains the same student as the
-    contiguous one up to float rounding, and bf16 autocast runs end to end."""
+    """``memory_format``, ``fold_attack_bn``, ``amp`` and ``compile`` (docs/benchmarks.md):
+    checked like every field; the defaults (channels-last on CPU, BatchNorm folded in the
+    attack) train the same student as the contiguous layout and the unfolded attack up to
+    float rounding, and bf16 autocast runs end to end."""
     for name, override in {
         "memory_format": dict(memory_format="nhwc"),
         "amp": dict(amp=1),
         "compile": dict(compile="no"),
+        "fold_attack_bn": dict(fold_attack_bn="yes"),
     }.items():
         with pytest.raises(ValueError, match=name):
             make_config(teachers, **override)
@@ -414,6 +416,7 @@ def test_speed_options_are_validated_and_keep_the_result(teachers, tmp_path):
     for name, override in {
         "channels_last": dict(memory_format="channels_last"),
         "contiguous": dict(memory_format="contiguous"),
+        "unfolded_attack": dict(fold_attack_bn=False),
         "amp": dict(amp=True),
     }.items():
         config = make_config(teachers, epochs=1, **override)
@@ -421,8 +424,9 @@ def test_speed_options_are_validated_and_keep_the_result(teachers, tmp_path):
         finals[name] = checkpoints.load_model(result["paths"]["final"]).state_dict()
     torch.manual_seed(0)  # the loop's initialisation (seed 0)
     initial = build_model("small_cnn", num_classes=10, in_channels=1).state_dict()
-    for key, value in finals["contiguous"].items():
-        torch.testing.assert_close(finals["channels_last"][key], value, rtol=1e-4, atol=1e-5)
+    for other in ("contiguous", "unfolded_attack"):
+        for key, value in finals[other].items():
+            torch.testing.assert_close(finals["channels_last"][key], value, rtol=1e-4, atol=1e-5)
     moved = [
         k
         for k, v in finals["amp"].items()
