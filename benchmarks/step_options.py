@@ -6,6 +6,8 @@ BatchNorm-folded by ``loop.prepare_teacher``, ``memory_format="auto"``, which is
 channels-last on CPU, no autocast, eager mode). Each variant changes one thing:
 
 - ``no_fold``: the teachers keep their BatchNorm layers (``fold_bn=False``);
+- ``unfolded_attack``: the attack runs on the student itself instead of its
+  BatchNorm-folded view (``fold_attack_bn=False``);
 - ``contiguous`` / ``channels_last``: the other memory format than the default's;
 - ``bf16``: the method under ``torch.autocast(dtype=torch.bfloat16)`` (``amp=True``);
 - ``compile`` (``--compile``): the student wrapped by :func:`torch.compile` (default backend);
@@ -67,6 +69,7 @@ def measure(name: str, args: Any) -> dict[str, Any]:
     variants = {
         "default": default.our_step(),
         "no_fold": build_workload(name, fold_bn=False, **common).our_step(),
+        "unfolded_attack": build_workload(name, fold_attack_bn=False, **common).our_step(),
         other_format: build_workload(name, memory_format=other_format, **common).our_step(),
         "bf16": default.our_step(autocast=torch.bfloat16),
     }

@@ -3,7 +3,9 @@
 The floor of one MTARD step (paper Algorithm 1, official code) is the sum of
 
 - ``attack_steps`` x one attack pass: a student forward in eval mode plus the gradient of the
-  summed cross-entropy with respect to the *input only*;
+  summed cross-entropy with respect to the *input only* (on the student's BatchNorm-folded
+  view when the workload folds, as the training loop does by default: in eval mode BatchNorm
+  is an affine map that the convolutions absorb, so its passes are not part of the floor);
 - the two teacher forwards (clean teacher on ``x``, adversarial teacher on ``x_adv``), no graph;
 - the student's two training forwards (``x_adv`` then ``x``, train mode), the two KL losses and
   one backward pass to the parameters;
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from anl.integrations.mtard.folding import FoldedEvalView
 from anl.integrations.mtard.losses import kl_official
 from benchmarks.timing import (
     base_parser,
@@ -55,11 +58,13 @@ def floor_passes(w: Workload) -> dict[str, Any]:
         t_nat = w.prepared_clean(x)
         t_adv = w.prepared_adv(x_adv)
 
+    attacked = FoldedEvalView(student)(x) if w.fold_attack_bn else student
+
     def attack_pass() -> None:
-        student.eval()
+        attacked.eval()
         with torch.enable_grad():
             xa = x_adv.detach().requires_grad_(True)
-            loss = F.cross_entropy(student(xa), y, reduction="sum")
+            loss = F.cross_entropy(attacked(xa), y, reduction="sum")
             torch.autograd.grad(loss, [xa])
 
     def teacher_forwards() -> None:
