@@ -41,6 +41,7 @@ from .parallel import distributed_session, resolve_device
 __all__ = [
     "DEFAULT_ATTACKS",
     "evaluate",
+    "indexed_batches",
     "register_cli",
     "result_rows",
     "results_table",
@@ -74,10 +75,16 @@ def w_robust(clean: float, robust: float, weight: float = 0.5) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _batches(
+def indexed_batches(
     data: Any, indices: Tensor, batch_size: int, device: torch.device
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Yield ``(x, y, ids)`` for the samples at ``indices``, in order, ``ids`` on the CPU."""
+    """Yield ``(x, y, ids)`` for the samples of ``data`` at ``indices``, in order.
+
+    ``data`` is an :class:`~anl.integrations.mtard.data.ImageData` or a pair ``(x, y)`` of
+    tensors; ``x`` and ``y`` come on ``device`` (``x`` float in [0, 1]), ``ids`` (the
+    dataset indices of the batch, which key the per-point attack randomness) on the CPU.
+    :func:`evaluate` and the reproduction's transfer-attack stage iterate with it.
+    """
     if indices.numel() == 0:  # an empty shard (more ranks than points) has no batch
         return
     if isinstance(data, tuple | list):
@@ -216,7 +223,7 @@ def evaluate(
     with model_mode(model, "eval"):
         n_batches = math.ceil(indices.numel() / batch_size)
         bar = tqdm(
-            _batches(data, indices, batch_size, device),
+            indexed_batches(data, indices, batch_size, device),
             total=n_batches,
             desc="evaluate",
             disable=not progress or rank != 0,

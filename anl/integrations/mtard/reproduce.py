@@ -334,7 +334,7 @@ def craft_transfer(
     }
     surrogate = surrogate.to(device)
     out: dict[str, list[Tensor]] = {name: [] for name in attacks}
-    batches = _evaluate._batches(data, indices, batch_size, device)
+    batches = _evaluate.indexed_batches(data, indices, batch_size, device)
     total = math.ceil(indices.numel() / batch_size)
     target = _Unqueried()
     with model_mode(surrogate, "eval"):
@@ -382,7 +382,7 @@ def _transfer_results(
         counts = torch.zeros(4, dtype=torch.int64)  # points, clean, robust, adversarial correct
         start = 0
         with model_mode(model, "eval"), torch.no_grad():
-            for x, y, _ids in _evaluate._batches(data, indices, batch_size, device):
+            for x, y, _ids in _evaluate.indexed_batches(data, indices, batch_size, device):
                 x_adv = x_adv_all[start : start + len(y)].to(device)
                 start += len(y)
                 clean_ok = model(x).argmax(dim=1) == y
