@@ -14,6 +14,7 @@ computes (``device``, ``log_every``, ``data_dir``, ``download``, ``tensorboard``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -33,6 +34,7 @@ __all__ = [
     "MEMORY_FORMATS",
     "VAL_ATTACKS",
     "TrainConfig",
+    "in_memory_format",
     "milestone_epochs",
     "resolve_memory_format",
 ]
@@ -341,6 +343,27 @@ def resolve_memory_format(memory_format: str, device: torch.device | str) -> tor
     if memory_format == "auto":
         memory_format = "channels_last" if torch.device(device).type == "cpu" else "contiguous"
     return torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+
+
+def in_memory_format(model: torch.nn.Module, memory_format: torch.memory_format) -> torch.nn.Module:
+    """``model`` itself if every 4-D parameter and buffer is already in ``memory_format``,
+    else a deep copy converted to it, so that the caller's model keeps its layout.
+
+    Convolutions follow their weights' layout (a channels-last weight makes a channels-last
+    convolution whatever the input's layout), so converting the model is what matters.
+
+    Example:
+        >>> conv = torch.nn.Conv2d(2, 4, 3)
+        >>> converted = in_memory_format(conv, torch.channels_last)
+        >>> converted is conv, converted.weight.is_contiguous(memory_format=torch.channels_last)
+        (False, True)
+        >>> in_memory_format(converted, torch.channels_last) is converted
+        True
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.dim() != 4 or t.is_contiguous(memory_format=memory_format) for t in tensors):
+        return model
+    return copy.deepcopy(model).to(memory_format=memory_format)
 
 
 def milestone_epochs(config: TrainConfig) -> list[int]:

@@ -59,6 +59,7 @@ from . import data as _data
 from . import evaluation as _evaluate
 from . import loop as _loop
 from .attacks import make_attack, model_mode
+from .config import in_memory_format, resolve_memory_format
 from .profiles import (
     CONFIG_DIR,
     METHOD_ORDER,
@@ -310,6 +311,7 @@ def craft_transfer(
     progress: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    memory_format: str = "auto",
 ) -> dict[str, dict[str, Any]]:
     """Transfer adversarial examples crafted once on ``surrogate`` for the first test points.
 
@@ -318,7 +320,8 @@ def craft_transfer(
     exactly those ``evaluate(..., ["transfer_pgd"], surrogate=...)`` would craft for any
     student: they depend on the surrogate only. With ``rank`` and ``world_size``, only the
     shard ``indices[rank::world_size]`` is crafted (the shard :func:`evaluation.evaluate`
-    attacks on that rank). Returns ``{attack: {"x_adv": Tensor (CPU), "indices": the dataset
+    attacks on that rank). ``memory_format`` is :func:`evaluation.evaluate`'s (the surrogate
+    runs in that layout). Returns ``{attack: {"x_adv": Tensor (CPU), "indices": the dataset
     indices of its rows, "settings": dict}}``.
     """
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
@@ -332,7 +335,7 @@ def craft_transfer(
         name: make_attack(name, eps=eps, seed=seed, surrogate=surrogate, **overrides.get(name, {}))
         for name in attacks
     }
-    surrogate = surrogate.to(device)
+    surrogate = in_memory_format(surrogate.to(device), resolve_memory_format(memory_format, device))
     out: dict[str, list[Tensor]] = {name: [] for name in attacks}
     batches = _evaluate.indexed_batches(data, indices, batch_size, device)
     total = math.ceil(indices.numel() / batch_size)
@@ -366,13 +369,15 @@ def _transfer_results(
     batch_size: int,
     device: torch.device,
     world_size: int = 1,
+    memory_format: str = "auto",
 ) -> dict[str, dict[str, Any]]:
     """The entries :func:`evaluation.evaluate` gives for transfer attacks, on crafted examples.
 
     ``crafted`` is :func:`craft_transfer`'s output (this rank's shard under
-    ``torch.distributed``: the counts are then summed over the ``world_size`` ranks).
+    ``torch.distributed``: the counts are then summed over the ``world_size`` ranks). The
+    model runs in ``memory_format``, as in :func:`evaluation.evaluate`.
     """
-    model.to(device)
+    model = in_memory_format(model.to(device), resolve_memory_format(memory_format, device))
     results = {}
     for name, entry in crafted.items():
         x_adv_all = entry["x_adv"]

@@ -80,7 +80,11 @@ def test_accuracies_counts_and_w_robust() -> None:
 def test_robust_count_matches_direct_attack() -> None:
     model = small_cnn(seed=2)
     x, y = tensor_data(n=24, model=model)
-    results = evaluate(model, (x, y), ["fgsm"], eps=0.05, batch_size=7, **FAST)
+    # The model's own (contiguous) layout, so that the direct attack below is the same
+    # computation bit for bit.
+    results = evaluate(
+        model, (x, y), ["fgsm"], eps=0.05, batch_size=7, memory_format="contiguous", **FAST
+    )
     from anl.integrations.mtard.attacks import fgsm
 
     with torch.no_grad():
@@ -94,6 +98,38 @@ def _counts(results):
     return [results["n_examples"], results["clean"]["correct"]] + [
         (v["correct"], v["adv_correct"]) for v in results["attacks"].values()
     ]
+
+
+def test_memory_format_changes_rounding_only_and_leaves_the_model_alone() -> None:
+    """``"auto"`` is channels-last on CPU: the attacks run on a converted copy, the caller's
+    model keeps its layout, and the counts agree with the contiguous evaluation up to the
+    few points where a gradient sign is within rounding of zero."""
+    from anl.integrations.mtard.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", num_classes=10, in_channels=1)
+    x, y = tensor_data(n=64, size=28, model=model)
+    weight = [p for p in model.parameters() if p.dim() == 4][-1]  # 16 input channels
+    kwargs = dict(eps=0.1, batch_size=32, **FAST)
+    attacks = ["fgsm", "pgd_sat", "square"]
+    conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+    layouts = []  # the layout of the weight each evaluation's forwards ran with
+    conv.register_forward_pre_hook(
+        lambda m, _: layouts.append(m.weight.is_contiguous(memory_format=torch.channels_last))
+    )
+    contiguous = evaluate(model, (x, y), attacks, memory_format="contiguous", **kwargs)
+    assert layouts and not any(layouts)
+    layouts.clear()
+    auto = evaluate(model, (x, y), attacks, **kwargs)
+    assert layouts and all(layouts)
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
+    assert auto["clean"] == contiguous["clean"]
+    for name in attacks:
+        a, c = auto["attacks"][name], contiguous["attacks"][name]
+        assert abs(a["correct"] - c["correct"]) <= 2, name
+    # A model already channels-last is evaluated as it is (no copy), with the same counts.
+    as_is = model.to(memory_format=torch.channels_last)
+    assert evaluate(as_is, (x, y), attacks, memory_format="channels_last", **kwargs) == auto
 
 
 def test_sharding_and_batch_size_give_exactly_the_single_process_counts() -> None:
@@ -163,6 +199,7 @@ def test_transfer_attacks_need_a_surrogate() -> None:
         ({"batch_size": 0}, "`batch_size`"),
         ({"rank": 2, "world_size": 2}, "`rank`"),
         ({"n_examples": 0}, "`n_examples`"),
+        ({"memory_format": "nchw"}, "`memory_format`"),
     ],
 )
 def test_evaluate_validation(kwargs, message) -> None:
