@@ -282,6 +282,11 @@ def test_cli_arguments_and_defaults() -> None:
     args = _parser().parse_args(["evaluate", "ckpt.pt"])
     assert args.checkpoint == Path("ckpt.pt") and args.attacks is None
     assert args.batch_size == 256 and args.square_queries == 5000 and args.device == "cpu"
+    assert args.memory_format == "auto"
+    contiguous = ["evaluate", "c.pt", "--memory-format", "contiguous"]
+    assert _parser().parse_args(contiguous).memory_format == "contiguous"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["evaluate", "c.pt", "--memory-format", "nhwc"])
     args = _parser().parse_args(
         ["evaluate", "c.pt", "--attacks", "fgsm", "square", "--dataset", "fashion_mnist",
          "--eps", "0.1", "--n-examples", "50", "--surrogate", "t.pt", "--out", "o"]
