@@ -173,8 +173,8 @@ def evaluate(
             sharding (AutoAttack excepted: it seeds per call, as the official package does).
         attack_overrides: per-attack setting overrides, e.g. ``{"pgd_sat": {"steps": 50}}``.
         memory_format: the layout the model and the surrogate are evaluated in: ``"auto"``
-            (channels-last on CPU, where it makes the attacks of the Fashion-MNIST CNNs about
-            1.5x faster, ``python -m benchmarks.attack_throughput``; contiguous elsewhere),
+            (channels-last on CPU, where it makes PGD-20 and CW-inf on the Fashion-MNIST CNN
+            1.4-1.6x faster, ``python -m benchmarks.attack_throughput``; contiguous elsewhere),
             ``"channels_last"`` or ``"contiguous"``. A model in another layout is evaluated
             through a converted copy (:func:`~anl.integrations.mtard.config.in_memory_format`)
             and keeps its own. The layout changes results by float rounding only.
