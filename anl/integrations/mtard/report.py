@@ -640,6 +640,8 @@ def write_report(
         "wall_time_s": total_s,
         "figures": [str(p.relative_to(out)) for p in figures],
     }
+    stages.save_invocation()
+    results["invocations"] = stages.invocations
     _write_text(out / "results.json", json.dumps(_finite(results), indent=2) + "\n")
     _write_text(
         out / "summary.md",
@@ -689,6 +691,7 @@ def _summary(
         f"{', '.join(DEFENSE_LABELS[m] for m in METHOD_ORDER if m in profile['methods'])}; "
         f"seeds {profile['seeds']}",
         f"- Total wall time of this invocation: {total_s / 60:.1f} min ({total_s:.0f} s)",
+        *_invocations_text(stages),
         "",
         "## Teachers",
         "",
@@ -715,10 +718,12 @@ def _summary(
         groups[group] = groups.get(group, 0.0) + row.get("earlier_s", row["wall_s"])
     lines.append(f"| **total** | | {total_s:.1f} | |")
     work = sum(groups.values())
+    overlap = any(i.get("jobs", 1) > 1 for i in stages.invocations)
     lines += [
         "",
         f"Work by kind, over all invocations ({work / 60:.1f} min): "
         + ", ".join(f"{k} {v:.0f} s" for k, v in groups.items())
+        + (" (stages ran side by side with --jobs, so this exceeds the wall time)" * overlap)
         + ".",
     ]
     trained = [r.get("time_s") or 0.0 for r in runs.values()]
@@ -741,6 +746,22 @@ def _summary(
         "results.json; figures: figures/.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _invocations_text(stages: _Stages) -> list[str]:
+    """A line on the invocations that made the results (``invocations.json``) when several
+    (``--resume`` after a kill), since the stages they ran overlap none of this one's."""
+    invocations = stages.invocations
+    if len(invocations) < 2:
+        return []
+    total = sum(i["wall_s"] for i in invocations)
+    each = ", ".join(
+        f"{i['started']} ({i['wall_s'] / 3600:.2f} h, jobs {i['jobs']})" for i in invocations
+    )
+    return [
+        f"- Wall time over all {len(invocations)} invocations of this results directory: "
+        f"{total / 3600:.2f} h ({each}; invocations.json)"
+    ]
 
 
 def _finite(value: Any) -> Any:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -47,7 +48,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,10 @@ from . import checkpoints as _checkpoints
 from . import data as _data
 from . import evaluation as _evaluate
 from . import loop as _loop
+from . import methods as _methods
 from .attacks import make_attack, model_mode
 from .config import in_memory_format, resolve_memory_format
+from .pool import DataSource, Task, default_worker_threads, run_tasks
 from .profiles import (
     CONFIG_DIR,
     METHOD_ORDER,
@@ -210,46 +213,47 @@ def prepare_teachers(
     """
     teachers: dict[str, Teacher] = {}
     for role in _needed_teachers(profile):
-        spec = profile["teachers"][role]
-        label = spec.get("label", f"{spec['arch']} ({role})")
         with stages.stage(f"teacher/{role}") as row:
-            if "path" in spec:
-                path = teacher_path(profile, role)
-                if not path.is_file():
-                    raise FileNotFoundError(
-                        f"The {role} teacher checkpoint {path} does not exist. Put the "
-                        f"paper's teacher there (docs/mtard.md, 'Real teachers'), or give "
-                        f"--model-dir."
-                    )
+            teacher, config = _teacher_entry(profile, out, role)
+            if config is None:
                 row["status"] = "loaded"
-                teachers[role] = Teacher(
-                    role, spec["arch"], label, "loaded", path, True, dict(spec.get("kwargs", {}))
+            else:
+                metrics = _train_run(
+                    config,
+                    teacher.run_dir,
+                    resume=resume,
+                    progress=progress,
+                    train_data=train_data,
+                    row=row,
                 )
-                continue
-            config = teacher_config(profile, role)
-            run_dir = out / "teachers" / role
-            metrics = _train_run(
-                config,
-                run_dir,
-                resume=resume,
-                progress=progress,
-                train_data=train_data,
-                row=row,
-            )
-            which = spec.get("checkpoint", "best")
-            checkpoint = _checkpoint_path(run_dir, which)
-            teachers[role] = Teacher(
-                role,
-                spec["arch"],
-                label,
-                "trained here",
-                checkpoint,
-                False,
-                dict(spec.get("kwargs", {})),
-                run_dir=run_dir,
-                train=metrics,
-            )
+                teacher = dataclasses.replace(teacher, train=metrics)
+            teachers[role] = teacher
     return teachers
+
+
+def _teacher_entry(
+    profile: Mapping[str, Any], out: Path, role: str
+) -> tuple[Teacher, _loop.TrainConfig | None]:
+    """The ``role`` teacher of ``profile`` and, when it is trained here, its training
+    configuration (its run directory is ``out/teachers/<role>``); a loaded teacher's
+    checkpoint must exist."""
+    spec = profile["teachers"][role]
+    label = spec.get("label", f"{spec['arch']} ({role})")
+    kwargs = dict(spec.get("kwargs", {}))
+    if "path" in spec:
+        path = teacher_path(profile, role)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"The {role} teacher checkpoint {path} does not exist. Put the paper's teacher "
+                "there (docs/mtard.md, 'Real teachers'), or give --model-dir."
+            )
+        return Teacher(role, spec["arch"], label, "loaded", path, True, kwargs), None
+    run_dir = out / "teachers" / role
+    checkpoint = _checkpoint_path(run_dir, spec.get("checkpoint", "best"))
+    teacher = Teacher(
+        role, spec["arch"], label, "trained here", checkpoint, False, kwargs, run_dir=run_dir
+    )
+    return teacher, teacher_config(profile, role)
 
 
 # ==============================================================================================
@@ -467,20 +471,21 @@ def _checkpoint_key(checkpoint: Path, out: Path) -> str:
         return str(checkpoint.resolve())
 
 
-def _eval_complete(
-    path: Path, attacks: Sequence[str], settings: Mapping[str, Any], key: str, checkpoint: Path
-) -> bool:
-    """Whether ``path`` holds an evaluation of ``checkpoint`` (not older than it) with these
-    attacks and settings."""
-    if not path.exists() or path.stat().st_mtime_ns < checkpoint.stat().st_mtime_ns:
+def _eval_complete(job: _EvalJob, settings: Mapping[str, Any], out: Path) -> bool:
+    """Whether ``out/eval/<job>.json`` holds an evaluation of the job's checkpoint (not older
+    than it) with its attacks and these settings."""
+    path = job.path(out)
+    if not path.exists() or not job.checkpoint.exists():
+        return False
+    if path.stat().st_mtime_ns < job.checkpoint.stat().st_mtime_ns:
         return False
     try:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
     return (
-        list(saved.get("attacks", {})) == list(attacks)
-        and saved.get("checkpoint_key") == key
+        list(saved.get("attacks", {})) == list(job.attacks)
+        and saved.get("checkpoint_key") == _checkpoint_key(job.checkpoint, out)
         and saved.get("eval_settings") == _json_settings(settings)
     )
 
@@ -511,57 +516,18 @@ def evaluate_students(
     settings = _eval_settings(profile)
     info = _data.DATASETS[profile["dataset"]]
     device = _device(profile)
-    eval_dir = out / "eval"
     attacks = settings["attacks"]
-
-    # The evaluations to run: (file stem, checkpoint, loader, attacks, record fields).
-    jobs = []
-    for role, teacher in teachers.items():
-        jobs.append(
-            (
-                f"teacher_{role}",
-                teacher.checkpoint,
-                lambda t=teacher: t.load(info, device),
-                [a for a in TABLE1_ATTACKS if a in attacks] or list(TABLE1_ATTACKS[:1]),
-                {"defense": teacher.label, "role": role},
-            )
-        )
-    for student, method, seed in runs:
-        checkpoint = _checkpoint_path(_run_dir(out, student, method, seed), settings["checkpoint"])
-        jobs.append(
-            (
-                f"{student}__{method}__seed{seed}",
-                checkpoint,
-                lambda c=checkpoint: _checkpoints.load_model(c, map_location=device),
-                attacks,
-                {
-                    "defense": DEFENSE_LABELS[method],
-                    "student": student,
-                    "method": method,
-                    "train_seed": seed,
-                },
-            )
-        )
+    jobs = _eval_jobs(profile, out, teachers, runs)
 
     # Evaluations that a resume can read back. Decided once, before anything is written; the
     # ranks must agree (each evaluation is a collective).
-    done = {
-        name: resume
-        and _eval_complete(
-            eval_dir / f"{name}.json",
-            wanted,
-            settings,
-            _checkpoint_key(checkpoint, out),
-            checkpoint,
-        )
-        for name, checkpoint, _, wanted, _ in jobs
-    }
-    _agree(done, f"which evaluations in {str(eval_dir)!r} are complete")
+    done = {job.name: resume and _eval_complete(job, settings, out) for job in jobs}
+    _agree(done, f"which evaluations in {str(out / 'eval')!r} are complete")
 
     # Transfer examples: crafted once on the adversarial teacher, if any evaluation needs them.
     crafted = None
     transfer = [a for a in attacks if a.startswith("transfer_")]
-    if transfer and any(not done[n] for n, _, _, w, _ in jobs if set(w) & set(transfer)):
+    if transfer and any(not done[j.name] for j in jobs if set(j.attacks) & set(transfer)):
         with stages.stage("evaluate/craft-transfer"):
             crafted = craft_transfer(
                 teachers["adv"].load(info, device),
@@ -579,36 +545,310 @@ def evaluate_students(
             )
 
     results: dict[str, dict[str, Any]] = {}
-    for name, checkpoint, load, wanted, extra in jobs:
-        path = eval_dir / f"{name}.json"
-        with stages.stage(f"evaluate/{name}") as row:
-            if done[name]:
+    for job in jobs:
+        with stages.stage(f"evaluate/{job.name}") as row:
+            if done[job.name]:
                 row["status"] = "skipped (complete)"
-                results[name] = json.loads(path.read_text())
+                results[job.name] = json.loads(job.path(out).read_text())
                 continue
-            result = _evaluate_model(
-                load(),
+            results[job.name] = _run_eval_job(
+                job,
+                out,
                 test_data,
                 settings,
-                wanted,
                 crafted=crafted,
                 device=device,
                 progress=progress and ddp.main,
                 rank=ddp.rank,
                 world_size=ddp.world_size,
             )
-            result.update(
-                extra,
-                checkpoint=str(checkpoint),
-                checkpoint_key=_checkpoint_key(checkpoint, out),
-                eval_settings=_json_settings(settings),
-            )
-            if ddp.main:
-                _evaluate.write_results(result, eval_dir, name, defense=extra["defense"])
-            results[name] = result
+    return _split_eval_results(results, teachers, runs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalJob:
+    """One evaluation of :func:`evaluate_students`: a teacher (``teacher`` given) or a student
+    run's checkpoint, the attacks it gets, and the fields recorded with its results."""
+
+    name: str  # file stem in out/eval
+    checkpoint: Path
+    attacks: tuple[str, ...]
+    record: Mapping[str, Any]
+    teacher: Teacher | None = None
+
+    def path(self, out: Path) -> Path:
+        return out / "eval" / f"{self.name}.json"
+
+    def load(self, info: _data.DatasetInfo, device: torch.device) -> nn.Module:
+        if self.teacher is not None:
+            return self.teacher.load(info, device)
+        return _checkpoints.load_model(self.checkpoint, map_location=device)
+
+
+def _eval_jobs(
+    profile: Mapping[str, Any],
+    out: Path,
+    teachers: Mapping[str, Teacher],
+    runs: Iterable[tuple[str, str, int]],
+) -> list[_EvalJob]:
+    """The teachers' evaluations (Table 1 attacks among the profile's) and the students'."""
+    settings = _eval_settings(profile)
+    attacks = settings["attacks"]
+    jobs = [
+        _EvalJob(
+            f"teacher_{role}",
+            teacher.checkpoint,
+            tuple(a for a in TABLE1_ATTACKS if a in attacks) or TABLE1_ATTACKS[:1],
+            {"defense": teacher.label, "role": role},
+            teacher,
+        )
+        for role, teacher in teachers.items()
+    ]
+    for student, method, seed in runs:
+        checkpoint = _checkpoint_path(_run_dir(out, student, method, seed), settings["checkpoint"])
+        record = {
+            "defense": DEFENSE_LABELS[method],
+            "student": student,
+            "method": method,
+            "train_seed": seed,
+        }
+        jobs.append(
+            _EvalJob(f"{student}__{method}__seed{seed}", checkpoint, tuple(attacks), record)
+        )
+    return jobs
+
+
+def _run_eval_job(
+    job: _EvalJob,
+    out: Path,
+    test_data: _data.ImageData,
+    settings: Mapping[str, Any],
+    *,
+    crafted: Mapping[str, Mapping[str, Any]] | None,
+    device: torch.device,
+    progress: bool,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """Evaluate ``job``'s model (:func:`_evaluate_model`); rank 0 writes its results."""
+    result = _evaluate_model(
+        job.load(test_data.info, device),
+        test_data,
+        settings,
+        list(job.attacks),
+        crafted=crafted,
+        device=device,
+        progress=progress,
+        rank=rank,
+        world_size=world_size,
+    )
+    result.update(
+        job.record,
+        checkpoint=str(job.checkpoint),
+        checkpoint_key=_checkpoint_key(job.checkpoint, out),
+        eval_settings=_json_settings(settings),
+    )
+    if rank == 0:
+        _evaluate.write_results(result, out / "eval", job.name, defense=job.record["defense"])
+    return result
+
+
+def _split_eval_results(
+    results: Mapping[str, dict[str, Any]],
+    teachers: Mapping[str, Teacher],
+    runs: Iterable[tuple[str, str, int]],
+) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str, int], dict[str, Any]]]:
     teacher_results = {role: results[f"teacher_{role}"] for role in teachers}
     student_results = {(s, m, k): results[f"{s}__{m}__seed{k}"] for s, m, k in runs}
     return teacher_results, student_results
+
+
+# ==============================================================================================
+# The stages as a task graph (--jobs N)
+# ==============================================================================================
+def _train_task(
+    config: _loop.TrainConfig, run_dir: Path, resume: bool, data: DataSource
+) -> tuple[dict[str, Any], str]:
+    """A worker's training run (:func:`_train_run`, no progress bars)."""
+    row = {"status": "ran"}
+    metrics = _train_run(
+        config, run_dir, resume=resume, progress=False, train_data=data.load(), row=row
+    )
+    return metrics, row["status"]
+
+
+def _craft_key(adv: Teacher, settings: Mapping[str, Any], attacks: Sequence[str]) -> str:
+    stat = adv.checkpoint.stat()
+    return json.dumps(
+        [str(adv.checkpoint.resolve()), stat.st_mtime_ns, list(attacks), _json_settings(settings)]
+    )
+
+
+def _craft_task(
+    adv: Teacher,
+    data: DataSource,
+    settings: Mapping[str, Any],
+    attacks: Sequence[str],
+    device: torch.device,
+    path: Path,
+) -> tuple[Path, str]:
+    """Transfer examples crafted on the adversarial teacher (:func:`craft_transfer`), saved to
+    ``path`` for the evaluation tasks; a file made for the same teacher checkpoint, attacks and
+    settings is kept."""
+    key = _craft_key(adv, settings, attacks)
+    if path.exists():
+        with contextlib.suppress(ValueError):
+            if _checkpoints.safe_load(path).get("key") == key:
+                return path, "skipped (complete)"
+    test_data = data.load()
+    crafted = craft_transfer(
+        adv.load(test_data.info, device),
+        test_data,
+        attacks,
+        eps=settings["eps"],
+        n_examples=settings["n_examples"],
+        batch_size=settings["batch_size"],
+        device=device,
+        seed=settings["seed"],
+        attack_overrides=settings["attack_overrides"],
+    )
+    _checkpoints.atomic_save({"key": key, "crafted": crafted}, path)
+    return path, "ran"
+
+
+def _eval_task(
+    job: _EvalJob,
+    out: Path,
+    data: DataSource,
+    settings: Mapping[str, Any],
+    device: torch.device,
+    crafted_path: Path | None,
+    resume: bool,
+) -> tuple[dict[str, Any], str]:
+    """A worker's evaluation (:func:`_run_eval_job`), read back when ``resume`` finds it
+    complete."""
+    if resume and _eval_complete(job, settings, out):
+        return json.loads(job.path(out).read_text()), "skipped (complete)"
+    crafted = None
+    if crafted_path is not None and any(a.startswith("transfer_") for a in job.attacks):
+        crafted = _checkpoints.safe_load(crafted_path)["crafted"]
+    result = _run_eval_job(
+        job, out, data.load(), settings, crafted=crafted, device=device, progress=False
+    )
+    return result, "ran"
+
+
+def _task_graph(
+    profile: Mapping[str, Any], out: Path, stages: _Stages, *, resume: bool
+) -> tuple[list[Task], dict[str, Teacher]]:
+    """Every stage after ``data`` as tasks (:mod:`.pool`), prerequisites first: the teachers
+    trained here; each student run after the teachers its method needs; the transfer examples
+    after the adversarial teacher; each evaluation after its model and the transfer examples.
+    Loaded teachers are recorded as stages at once. Returns the tasks and the teachers."""
+    settings = _eval_settings(profile)
+    device = _device(profile)
+    train_data = DataSource(profile["dataset"], "train", profile.get("data_dir"))
+    test_data = DataSource(profile["dataset"], "test", profile.get("data_dir"))
+    tasks: list[Task] = []
+    teachers: dict[str, Teacher] = {}
+    for role in _needed_teachers(profile):
+        teacher, config = _teacher_entry(profile, out, role)
+        teachers[role] = teacher
+        if config is None:
+            stages.record(f"teacher/{role}", "loaded", 0.0)
+            continue
+        tasks.append(
+            Task(f"teacher/{role}", _train_task, (config, teacher.run_dir, resume, train_data))
+        )
+    trained = {task.name for task in tasks}
+
+    def after(*names: str) -> tuple[str, ...]:
+        return tuple(name for name in names if name in trained)
+
+    paths = {role: str(t.checkpoint) for role, t in teachers.items()}
+    runs = _run_list(profile)
+    for student, method, seed in runs:
+        spec = _methods.METHODS[method]
+        needs = ["teacher/clean"] * spec.needs_clean_teacher + [
+            "teacher/adv"
+        ] * spec.needs_adv_teacher
+        name = f"train/{student}/{method}/seed{seed}"
+        config = student_config(profile, student, method, seed, teacher_paths=paths)
+        run_dir = _run_dir(out, student, method, seed)
+        tasks.append(Task(name, _train_task, (config, run_dir, resume, train_data), after(*needs)))
+        trained.add(name)
+
+    transfer = [a for a in settings["attacks"] if a.startswith("transfer_")]
+    crafted_path = None
+    if transfer:
+        crafted_path = out / "eval" / "transfer_examples.pt"
+        craft_args = (teachers["adv"], test_data, settings, transfer, device, crafted_path)
+        tasks.append(Task("evaluate/craft-transfer", _craft_task, craft_args, after("teacher/adv")))
+        trained.add("evaluate/craft-transfer")
+    for job in _eval_jobs(profile, out, teachers, runs):
+        if job.teacher is not None:
+            needs = [f"teacher/{job.record['role']}"]
+        else:
+            record = job.record
+            needs = [f"train/{record['student']}/{record['method']}/seed{record['train_seed']}"]
+            needs += ["evaluate/craft-transfer"] * bool(set(job.attacks) & set(transfer))
+        eval_args = (job, out, test_data, settings, device, crafted_path, resume)
+        tasks.append(Task(f"evaluate/{job.name}", _eval_task, eval_args, after(*needs)))
+    return tasks, teachers
+
+
+def _run_task_graph(
+    profile: Mapping[str, Any],
+    out: Path,
+    stages: _Stages,
+    *,
+    jobs: int,
+    threads: int,
+    resume: bool,
+    progress: bool,
+) -> tuple[
+    dict[str, Teacher],
+    dict[tuple[str, str, int], dict[str, Any]],
+    dict[str, dict[str, Any]],
+    dict[tuple[str, str, int], dict[str, Any]],
+]:
+    """The teachers, students and evaluations of :func:`_run_stages` in ``jobs`` worker
+    processes (:func:`pool.run_tasks`); returns what the sequential stages return."""
+    tasks, teachers = _task_graph(profile, out, stages, resume=resume)
+    bar = _task_bar(len(tasks), progress)
+    try:
+        done = run_tasks(
+            tasks,
+            jobs=jobs,
+            threads=threads,
+            record=stages.record,
+            on_start=lambda name: logger.info("stage %s: start", name),
+            bar=bar,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    teachers = {
+        role: dataclasses.replace(t, train=done.get(f"teacher/{role}", t.train))
+        for role, t in teachers.items()
+    }
+    runs = {(s, m, k): done[f"train/{s}/{m}/seed{k}"] for s, m, k in _run_list(profile)}
+    evaluations = {
+        name.removeprefix("evaluate/"): result
+        for name, result in done.items()
+        if name.startswith("evaluate/") and name != "evaluate/craft-transfer"
+    }
+    return teachers, runs, *_split_eval_results(evaluations, teachers, runs)
+
+
+def _task_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is an optional dependency of the integration
+        return None
+    return tqdm(total=total, desc="tasks", dynamic_ncols=True)
 
 
 # ==============================================================================================
@@ -663,6 +903,7 @@ def reproduce(
     progress: bool = True,
     command: str | None = None,
     threads: int | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run the whole experiment of ``profile`` into the results directory ``out``.
 
@@ -683,12 +924,19 @@ def reproduce(
         threads: ``torch.set_num_threads`` for the run (restored afterwards); default: the
             profile's ``threads``; ``None`` in both keeps torch's default. On a CPU shared with
             other jobs, 1 thread is often several times faster than oversubscribed cores.
+            With ``jobs > 1`` it is per worker (default: the cores shared out).
+        jobs: worker processes (:mod:`.pool`): the teachers, student runs and evaluations
+            that do not wait for each other run side by side, each in a process with
+            ``threads`` torch threads. The results equal those of ``jobs=1`` with the same
+            threads. Not under ``torchrun``, where the processes already share each stage.
 
     Returns:
         The content of ``results.json`` (on every rank).
     """
     wall_start = time.perf_counter()
     started = datetime.datetime.now().astimezone()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        _bad("jobs", jobs, "an integer >= 1")
     if not isinstance(profile, Mapping):
         profile = load_profile(profile)
     validate_profile(profile)
@@ -696,6 +944,8 @@ def reproduce(
     command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     # One process group for every stage (under torchrun; a lone process runs alone).
     with _loop.distributed_session(profile.get("device", "auto")) as ddp:
+        if ddp.enabled and jobs > 1:
+            _bad("jobs", jobs, "1 under torchrun (its processes already share every stage)")
         config_path = out / "config.json"
         # Every rank looks before rank 0 writes (a collective), and they must see the same.
         exists = config_path.exists()
@@ -708,11 +958,16 @@ def reproduce(
         if ddp.main:
             out.mkdir(parents=True, exist_ok=True)
             _write_text(config_path, json.dumps(profile, indent=2) + "\n")
-        with _torch_threads(threads if threads is not None else profile.get("threads")):
+        threads = threads if threads is not None else profile.get("threads")
+        if jobs > 1 and threads is None:
+            threads = default_worker_threads(jobs)
+        with _torch_threads(threads):
             results = _run_stages(
                 profile,
                 out,
                 ddp,
+                jobs=jobs,
+                threads=threads,
                 resume=resume,
                 plots=plots,
                 progress=progress,
@@ -729,6 +984,8 @@ def _run_stages(
     out: Path,
     ddp: Any,
     *,
+    jobs: int,
+    threads: int | None,
     resume: bool,
     plots: bool,
     progress: bool,
@@ -736,9 +993,10 @@ def _run_stages(
     started: datetime.datetime,
     wall_start: float,
 ) -> dict[str, Any] | None:
-    """The stages of :func:`reproduce`, in ``ddp``'s process group; ``None`` on ranks > 0,
-    which write nothing."""
+    """The stages of :func:`reproduce`, in ``ddp``'s process group (or as a task graph in
+    ``jobs`` worker processes); ``None`` on ranks > 0, which write nothing."""
     stages = _Stages(out / "stages.json", main=ddp.main)
+    stages.begin_invocation(started.isoformat(timespec="seconds"), command, jobs)
     if ddp.main:
         logger.info(
             "reproduce: profile %s -> %s%s",
@@ -767,28 +1025,39 @@ def _run_stages(
             train_data, test_data = load("train"), load("test")
         row["status"] = f"{len(train_data)} train / {len(test_data)} test images"
 
-    teachers = prepare_teachers(
-        profile, out, train_data=train_data, stages=stages, resume=resume, progress=progress
-    )
-    runs = train_students(
-        profile,
-        out,
-        teachers,
-        train_data=train_data,
-        stages=stages,
-        resume=resume,
-        progress=progress,
-    )
-    teacher_results, student_results = evaluate_students(
-        profile,
-        out,
-        teachers,
-        runs,
-        test_data=test_data,
-        stages=stages,
-        resume=resume,
-        progress=progress,
-    )
+    if jobs > 1:
+        teachers, runs, teacher_results, student_results = _run_task_graph(
+            profile,
+            out,
+            stages,
+            jobs=jobs,
+            threads=threads or 1,
+            resume=resume,
+            progress=progress,
+        )
+    else:
+        teachers = prepare_teachers(
+            profile, out, train_data=train_data, stages=stages, resume=resume, progress=progress
+        )
+        runs = train_students(
+            profile,
+            out,
+            teachers,
+            train_data=train_data,
+            stages=stages,
+            resume=resume,
+            progress=progress,
+        )
+        teacher_results, student_results = evaluate_students(
+            profile,
+            out,
+            teachers,
+            runs,
+            test_data=test_data,
+            stages=stages,
+            resume=resume,
+            progress=progress,
+        )
     if not ddp.main:
         return None
     return write_report(
@@ -848,6 +1117,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: the profile's)"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes: teachers, runs and evaluations that do not wait for each "
+        "other run side by side (--threads is then per worker; default: the cores shared out)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="do not draw the figures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_reproduce_cli)
@@ -882,6 +1158,7 @@ def run_reproduce_cli(args: argparse.Namespace) -> int:
         resume=args.resume,
         plots=not args.no_plots,
         progress=not args.no_progress,
+        jobs=args.jobs,
     )
     if not _loop._is_main_process():
         return 0

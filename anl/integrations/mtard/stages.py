@@ -5,6 +5,7 @@ Results directory::
 
     <out>/config.json                        the resolved profile
     <out>/stages.json                        wall time of each stage that did work
+    <out>/invocations.json                   start, command, jobs, wall time of each invocation
     <out>/teachers/{clean,adv}/              teacher run directories (when trained here)
     <out>/runs/<student>/<method>/seed<k>/   student run directories (loop.train)
     <out>/eval/*.json, *.md                  one evaluation per teacher and per run
@@ -49,18 +50,44 @@ class _Stages:
     """Wall time and status of each stage, for this invocation and across resumed ones.
 
     Stages that did work are recorded in ``<out>/stages.json`` as soon as they end, so that a
-    resumed reproduction can report how long its skipped stages took when they ran.
+    resumed reproduction can report how long its skipped stages took when they ran. Each
+    invocation of the pipeline is a row of ``<out>/invocations.json`` (start, command, jobs,
+    wall time so far, updated as each stage ends), so that a reproduction done in several
+    invocations (``--resume`` after a kill) can state its whole wall time.
     """
 
     path: Path
     rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     history: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     main: bool = True  # rank 0 (or a lone process): the one that logs and writes the file
+    invocations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    _start: float = dataclasses.field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
         if self.main and self.path.exists():
             with contextlib.suppress(json.JSONDecodeError):
                 self.history = json.loads(self.path.read_text())
+        invocations = self.path.with_name("invocations.json")
+        if self.main and invocations.exists():
+            with contextlib.suppress(json.JSONDecodeError):
+                self.invocations = json.loads(invocations.read_text())
+
+    def begin_invocation(self, started: str, command: str, jobs: int) -> None:
+        """Add this invocation to ``invocations.json``."""
+        self._start = time.perf_counter()
+        self.invocations.append(
+            {"started": started, "command": command, "jobs": jobs, "wall_s": 0.0}
+        )
+        self.save_invocation()
+
+    def save_invocation(self) -> None:
+        """Write this invocation's wall time so far to ``invocations.json`` (rank 0)."""
+        if self.main and self.invocations:
+            self.invocations[-1]["wall_s"] = time.perf_counter() - self._start
+            _write_text(
+                self.path.with_name("invocations.json"),
+                json.dumps(self.invocations, indent=2) + "\n",
+            )
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
@@ -72,13 +99,22 @@ class _Stages:
             yield row
         finally:
             row["wall_s"] = time.perf_counter() - start
-            if row["status"].startswith("skipped"):
-                if name in self.history:
-                    row["earlier_s"] = self.history[name]["wall_s"]
-            else:
-                self.history[name] = {"status": row["status"], "wall_s": row["wall_s"]}
-                if self.main:
-                    _write_text(self.path, json.dumps(self.history, indent=2) + "\n")
-            self.rows.append(row)
+            self._end(row)
+
+    def record(self, name: str, status: str, wall_s: float) -> None:
+        """Record a stage that ran in another process (a worker of ``--jobs``)."""
+        self._end({"stage": name, "status": status, "wall_s": wall_s})
+
+    def _end(self, row: dict[str, Any]) -> None:
+        name = row["stage"]
+        if row["status"].startswith("skipped"):
+            if name in self.history:
+                row["earlier_s"] = self.history[name]["wall_s"]
+        else:
+            self.history[name] = {"status": row["status"], "wall_s": row["wall_s"]}
             if self.main:
-                logger.info("stage %s: %s in %.1f s", name, row["status"], row["wall_s"])
+                _write_text(self.path, json.dumps(self.history, indent=2) + "\n")
+        self.save_invocation()
+        self.rows.append(row)
+        if self.main:
+            logger.info("stage %s: %s in %.1f s", name, row["status"], row["wall_s"])

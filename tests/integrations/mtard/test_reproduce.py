@@ -15,7 +15,7 @@ import shutil
 import pytest
 import torch
 
-from anl.integrations.mtard import data, evaluation, loop, reproduce
+from anl.integrations.mtard import checkpoints, data, evaluation, loop, reproduce
 from anl.integrations.mtard.models import build_model
 
 LABELS = list(reproduce.DEFENSE_LABELS.values())
@@ -105,6 +105,68 @@ def test_smoke_writes_every_table_and_figure(smoke, capsys):
     accuracy = sorted(p.name for p in (out / "figures" / "accuracy").glob("*.png"))
     assert len(accuracy) == len(reproduce.METHOD_ORDER) + 2  # every run and both teachers
     assert all(p.stat().st_size > 1000 for p in (out / "figures" / "accuracy").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def with_jobs(smoke, tmp_path_factory):
+    """The smoke reproduction again, in two worker processes (``--jobs 2``)."""
+    root = tmp_path_factory.mktemp("jobs")
+    profile_path = root / "test.json"
+    profile_path.write_text((smoke / "config.json").read_text())
+    out = root / "out"
+    argv = ["--profile", str(profile_path), "--out", str(out), "--no-progress", "--no-plots"]
+    assert run_cli([*argv, "--jobs", "2"]) == 0
+    return out
+
+
+def test_jobs_give_the_sequential_results(smoke, with_jobs):
+    for table in ("white_box.md", "black_box.md", "ablation.md", "teachers.md"):
+        assert (with_jobs / table).read_text() == (smoke / table).read_text(), table
+    results = json.loads((with_jobs / "results.json").read_text())
+    assert results["aggregate"] == json.loads((smoke / "results.json").read_text())["aggregate"]
+    for method in reproduce.METHOD_ORDER:
+        ours = checkpoints.safe_load(with_jobs / "runs/small_cnn" / method / "seed0/final.pt")
+        theirs = checkpoints.safe_load(smoke / "runs/small_cnn" / method / "seed0/final.pt")
+        for key, value in theirs["state_dict"].items():
+            assert torch.equal(ours["state_dict"][key], value), (method, key)
+    # Every stage ran in a worker and is recorded; the invocation says it used two jobs.
+    statuses = {row["stage"]: row["status"] for row in results["stages"]}
+    expected = {"data", "teacher/clean", "teacher/adv", "evaluate/craft-transfer"}
+    expected |= {f"train/small_cnn/{m}/seed0" for m in reproduce.METHOD_ORDER}
+    expected |= {f"evaluate/small_cnn__{m}__seed0" for m in reproduce.METHOD_ORDER}
+    assert set(statuses) == expected | {"evaluate/teacher_clean", "evaluate/teacher_adv"}
+    assert {status for stage, status in statuses.items() if stage != "data"} == {"ran"}
+    invocations = json.loads((with_jobs / "invocations.json").read_text())
+    assert [i["jobs"] for i in invocations] == [2]
+    assert 0 < invocations[0]["wall_s"] <= results["wall_time_s"]
+    crafted = checkpoints.safe_load(with_jobs / "eval" / "transfer_examples.pt")
+    assert set(crafted["crafted"]) == {"transfer_pgd", "transfer_cw"}
+
+
+def test_resume_with_jobs_reads_everything_back(with_jobs):
+    profile = json.loads((with_jobs / "config.json").read_text())
+    table = (with_jobs / "white_box.md").read_text()
+    # The workers run the real functions (no monkeypatch reaches them): the files tell.
+    finals = sorted(with_jobs.glob("**/final.pt"))
+    before = [p.stat().st_mtime_ns for p in finals]
+    results = reproduce.reproduce(
+        profile, with_jobs, resume=True, plots=False, progress=False, jobs=2
+    )
+    assert [p.stat().st_mtime_ns for p in finals] == before
+    statuses = {row["stage"]: row["status"] for row in results["stages"] if row["stage"] != "data"}
+    assert set(statuses.values()) == {"skipped (complete)"}, statuses
+    assert (with_jobs / "white_box.md").read_text() == table
+    summary = (with_jobs / "summary.md").read_text()
+    assert "Wall time over all 2 invocations" in summary and "jobs 2" in summary
+    assert "stages ran side by side with --jobs" in summary
+
+
+@pytest.mark.parametrize("jobs", [0, 1.5])
+def test_jobs_must_be_a_positive_integer(smoke, tmp_path, jobs):
+    profile = json.loads((smoke / "config.json").read_text())
+    with pytest.raises(ValueError, match="jobs"):
+        reproduce.reproduce(profile, tmp_path / "out", jobs=jobs)
+    assert not (tmp_path / "out").exists()
 
 
 def test_existing_results_need_resume(smoke):

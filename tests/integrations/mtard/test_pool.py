@@ -1,0 +1,105 @@
+"""``pool.run_tasks``: tasks in spawned worker processes, each after its prerequisites.
+
+The task functions live in this module, which a spawned worker imports by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from anl.integrations.mtard import pool
+
+
+def write_stamp(path: str, needs: list[str]) -> tuple[dict, str]:
+    """Write ``path`` with this process's pid and clock, after checking ``needs`` exist."""
+    missing = [n for n in needs if not Path(n).exists()]
+    if missing:
+        raise AssertionError(f"ran before its prerequisites: {missing}")
+    stamp = {"pid": os.getpid(), "start": time.time(), "threads": torch.get_num_threads()}
+    time.sleep(0.2)
+    stamp["end"] = time.time()
+    Path(path).write_text(json.dumps(stamp))
+    return stamp, "ran"
+
+
+def rendezvous(mine: str, other: str) -> tuple[dict, str]:
+    """Write ``mine``, then wait (up to 2 minutes) for another task to write ``other``: two
+    such tasks end only if they run at the same time, in different processes."""
+    Path(mine).write_text(str(os.getpid()))
+    deadline = time.time() + 120
+    while not Path(other).exists():
+        if time.time() > deadline:
+            raise AssertionError(f"{other} never appeared: the tasks did not run side by side")
+        time.sleep(0.01)
+    return {"pid": os.getpid(), "end": time.time(), "threads": torch.get_num_threads()}, "ran"
+
+
+def fail(message: str) -> tuple[None, str]:
+    raise ValueError(message)
+
+
+def test_tasks_run_after_their_prerequisites_in_several_processes(tmp_path):
+    paths = {name: str(tmp_path / name) for name in ("a", "b", "c", "d")}
+    tasks = [
+        pool.Task("a", rendezvous, (paths["a"], paths["b"])),
+        pool.Task("b", rendezvous, (paths["b"], paths["a"])),
+        pool.Task("c", write_stamp, (paths["c"], [paths["a"]]), after=("a",)),
+        pool.Task("d", write_stamp, (paths["d"], [paths["b"], paths["c"]]), after=("b", "c")),
+    ]
+    recorded = []
+    started = []
+    results = pool.run_tasks(
+        tasks,
+        jobs=2,
+        threads=1,
+        record=lambda *row: recorded.append(row),
+        on_start=started.append,
+    )
+    assert set(results) == {"a", "b", "c", "d"}
+    assert {r["threads"] for r in results.values()} == {1}
+    # a and b met (side by side, two worker processes); c waited for a, d for b and c.
+    assert len({results["a"]["pid"], results["b"]["pid"]} - {os.getpid()}) == 2
+    assert results["c"]["start"] >= results["a"]["end"]
+    assert results["d"]["start"] >= max(results["b"]["end"], results["c"]["end"])
+    assert started[:2] == ["a", "b"] and sorted(started) == ["a", "b", "c", "d"]
+    assert sorted(name for name, _, _ in recorded) == ["a", "b", "c", "d"]
+    assert all(status == "ran" for _, status, _ in recorded)
+    assert all(wall_s >= 0.2 for name, _, wall_s in recorded if name in "cd")
+
+
+def test_a_failing_task_stops_the_run_and_is_named(tmp_path):
+    later = tmp_path / "later"
+    tasks = [
+        pool.Task("broken", fail, ("bad input",)),
+        pool.Task("later", write_stamp, (str(later), []), after=("broken",)),
+    ]
+    with pytest.raises(RuntimeError, match="'broken' failed: bad input"):
+        pool.run_tasks(tasks, jobs=2, threads=1, record=lambda *row: None)
+    assert not later.exists()
+
+
+def test_the_task_list_must_put_prerequisites_first():
+    tasks = [pool.Task("b", fail, ("x",), after=("a",)), pool.Task("a", fail, ("x",))]
+    with pytest.raises(ValueError, match="'b' waits for \\['a'\\]"):
+        pool.run_tasks(tasks, jobs=1, threads=1, record=lambda *row: None)
+    with pytest.raises(ValueError, match="distinct names"):
+        pool.run_tasks([tasks[1], tasks[1]], jobs=1, threads=1, record=lambda *row: None)
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
+def test_jobs_must_be_a_positive_integer(jobs):
+    with pytest.raises(ValueError, match="jobs"):
+        pool.run_tasks([], jobs=jobs, threads=1, record=lambda *row: None)
+
+
+def test_default_worker_threads_share_the_cores():
+    cores = os.cpu_count() or 1
+    assert pool.default_worker_threads(1) == cores
+    assert pool.default_worker_threads(cores) == 1
+    assert pool.default_worker_threads(4 * cores) == 1
