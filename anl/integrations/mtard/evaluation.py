@@ -149,6 +149,7 @@ def evaluate(
     seed: int = 0,
     attack_overrides: Mapping[str, Mapping[str, Any]] | None = None,
     memory_format: str = "auto",
+    attack_n_examples: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Clean accuracy, and robust and W-Robust accuracy under each attack (paper Sec. 4.1).
 
@@ -178,12 +179,18 @@ def evaluate(
             ``"channels_last"`` or ``"contiguous"``. A model in another layout is evaluated
             through a converted copy (:func:`~anl.integrations.mtard.config.in_memory_format`)
             and keeps its own. The layout changes results by float rounding only.
+        attack_n_examples: attacks run on the first points only, e.g. ``{"square": 1000}``
+            for a query attack whose cost is queries x points. Such an attack's entry holds
+            its own ``n_examples`` and ``clean`` (on those points), and its W-Robust uses
+            that clean accuracy; the numbers equal an evaluation with ``n_examples`` set to
+            the limit (the attack randomness is keyed by the dataset index).
 
     Returns:
         ``{"dataset", "eps", "seed", "n_examples", "clean": {"correct", "accuracy"},
         "attacks": {name: {"correct", "adv_correct", "robust", "w_robust", "settings"}},
-        "shard": {"rank", "world_size", "reduced"}}``; accuracies are fractions in [0, 1],
-        ``w_robust`` is Eq. 12 with weights 0.5.
+        "shard": {"rank", "world_size", "reduced"}}`` (an attack of ``attack_n_examples``
+        adds ``"n_examples"`` and ``"clean"`` to its entry); accuracies are fractions in
+        [0, 1], ``w_robust`` is Eq. 12 with weights 0.5.
     """
     n_total, dataset, default_eps = _check_data(data)
     eps = (default_eps if default_eps is not None else DEFAULT_EPS) if eps is None else eps
@@ -203,6 +210,14 @@ def evaluate(
             f"Parameter `attacks` should list distinct names from {ATTACK_NAMES}. "
             f"Found `attacks = {names}`."
         )
+    limits = dict(attack_n_examples or {})
+    if not set(limits) <= set(names):
+        raise ValueError(
+            f"Parameter `attack_n_examples` should name attacks of `attacks` ({names}). "
+            f"Found `attack_n_examples = {limits}`."
+        )
+    for name, limit in limits.items():
+        _check_positive_int(f"attack_n_examples['{name}']", limit)
     overrides = {name: dict(v) for name, v in (attack_overrides or {}).items()}
     if "square" in names:
         overrides.setdefault("square", {}).setdefault("n_queries", square_queries)
@@ -225,8 +240,9 @@ def evaluate(
 
     n = n_total if n_examples is None else min(n_examples, n_total)
     indices = torch.arange(n)[rank::world_size]
-    # counts: [shard size, clean correct, (robust correct, adv correct) per attack]
-    counts = torch.zeros(2 + 2 * len(names), dtype=torch.int64, device=device)
+    # counts: [shard size, clean correct, then per attack: robust correct, adv correct, points
+    # attacked, clean correct among them]
+    counts = torch.zeros(2 + 4 * len(names), dtype=torch.int64, device=device)
     from tqdm.auto import tqdm
 
     with model_mode(model, "eval"):
@@ -243,11 +259,21 @@ def evaluate(
             counts[0] += y.shape[0]
             counts[1] += clean_ok.sum()
             for k, name in enumerate(names):
-                x_adv = built[name](model, x, y, seeds=ids)
+                xs, ys, seeds, ok = x, y, ids, clean_ok
+                if name in limits:
+                    keep = ids < limits[name]  # ids live on the CPU: no device sync
+                    if not keep.any():
+                        continue
+                    if not keep.all():
+                        on_device = keep.to(device)
+                        xs, ys, seeds, ok = x[on_device], y[on_device], ids[keep], ok[on_device]
+                x_adv = built[name](model, xs, ys, seeds=seeds)
                 with torch.no_grad():
-                    adv_ok = model(x_adv).argmax(dim=1) == y
-                counts[2 + 2 * k] += (adv_ok & clean_ok).sum()
-                counts[3 + 2 * k] += adv_ok.sum()
+                    adv_ok = model(x_adv).argmax(dim=1) == ys
+                counts[2 + 4 * k] += (adv_ok & ok).sum()
+                counts[3 + 4 * k] += adv_ok.sum()
+                counts[4 + 4 * k] += ys.shape[0]
+                counts[5 + 4 * k] += ok.sum()
 
     reduced = False
     if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -271,15 +297,20 @@ def evaluate(
         "shard": {"rank": rank, "world_size": world_size, "reduced": reduced},
     }
     for k, name in enumerate(names):
-        robust_correct, adv_correct = values[2 + 2 * k], values[3 + 2 * k]
-        robust = robust_correct / evaluated if evaluated else float("nan")
-        results["attacks"][name] = {
+        robust_correct, adv_correct, attacked, attacked_clean = values[2 + 4 * k : 6 + 4 * k]
+        robust = robust_correct / attacked if attacked else float("nan")
+        subset_clean = attacked_clean / attacked if attacked else float("nan")
+        entry: dict[str, Any] = {
             "correct": robust_correct,
             "adv_correct": adv_correct,
             "robust": robust,
-            "w_robust": w_robust(clean, robust),
+            "w_robust": w_robust(subset_clean, robust),
             "settings": built[name].settings,
         }
+        if name in limits:
+            entry["n_examples"] = attacked
+            entry["clean"] = {"correct": attacked_clean, "accuracy": subset_clean}
+        results["attacks"][name] = entry
     return results
 
 
@@ -294,13 +325,12 @@ _METRICS = ("clean", "robust", "w_robust")
 def result_rows(results: Mapping[str, Any], defense: str) -> list[dict[str, Any]]:
     """Rows for :func:`results_table` from one :func:`evaluate` result."""
     dataset = results.get("dataset") or "data"
-    clean = results["clean"]["accuracy"]
     return [
         {
             "dataset": dataset,
             "defense": defense,
             "attack": name,
-            "clean": clean,
+            "clean": entry.get("clean", results["clean"])["accuracy"],  # the attacked points
             "robust": entry["robust"],
             "w_robust": entry["w_robust"],
         }

@@ -101,6 +101,7 @@ _EVAL_KEYS = {
     "attack_overrides",
     "seed",
     "eps",
+    "attack_n_examples",
 }
 
 _CHECKPOINTS = ("best", "final")
@@ -226,6 +227,17 @@ def _validate_evaluation(profile: Mapping[str, Any]) -> None:
         _bad("profile['evaluation']['attack_overrides']", overrides, "a dict keyed by attacks")
     for name, values in overrides.items():
         make_attack(name, eps=0.1, surrogate=nn.Identity(), **values)  # unknown keys raise
+    limits = evaluation.get("attack_n_examples", {})
+    direct = [a for a in attacks if not a.startswith("transfer_")]
+    if not isinstance(limits, dict) or not set(limits) <= set(direct):
+        _bad(
+            "profile['evaluation']['attack_n_examples']",
+            limits,
+            f"a dict keyed by attacks of {direct} (transfer attacks run on every point)",
+        )
+    for name, limit in limits.items():
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            _bad(f"profile['evaluation']['attack_n_examples']['{name}']", limit, "an integer >= 1")
 
 
 def _validate_teacher(profile: Mapping[str, Any], role: str, spec: Any) -> None:
@@ -445,6 +457,7 @@ def _eval_settings(profile: Mapping[str, Any]) -> dict[str, Any]:
         "attack_overrides": dict(evaluation.get("attack_overrides", {})),
         "seed": int(evaluation.get("seed", 0)),
         "eps": float(evaluation.get("eps") or info.default_eps),
+        "attack_n_examples": dict(evaluation.get("attack_n_examples", {})),
     }
 
 

@@ -59,7 +59,9 @@ def test_full_profile_runs_at_full_length():
     p = reproduce.load_profile("full")
     assert p["train"]["train_subset"] is None and p["evaluation"]["n_examples"] is None
     assert p["train"]["attack_steps"] == 10 and p["evaluation"]["square_queries"] == 5000
-    assert len(p["seeds"]) == 3
+    assert p["train"]["epochs"] == 20 and len(p["seeds"]) == 3
+    # Square (5000 queries per point) alone runs on the first 1000 test points.
+    assert p["evaluation"]["attack_n_examples"] == {"square": 1000}
     assert any("wall time" in note.lower() for note in p["notes"])
 
 
@@ -189,6 +191,14 @@ def test_profile_errors_name_the_entry():
         ({"train": {**base["train"], "method": "sat"}}, "profile['train']"),
         ({"evaluation": {**base["evaluation"], "attacks": ["pgd_sat", "bogus"]}}, "attacks"),
         ({"evaluation": {**base["evaluation"], "checkpoint": "last"}}, "checkpoint"),
+        (
+            {"evaluation": {**base["evaluation"], "attack_n_examples": {"transfer_pgd": 9}}},
+            "transfer attacks run on every point",
+        ),
+        (
+            {"evaluation": {**base["evaluation"], "attack_n_examples": {"square": 0}}},
+            "profile['evaluation']['attack_n_examples']['square']",
+        ),
     ]
     for change, fragment in cases:
         profile = {**copy.deepcopy(base), **change}

@@ -151,6 +151,42 @@ def test_sharding_and_batch_size_give_exactly_the_single_process_counts() -> Non
     assert single["attacks"]["pgd_sat"]["correct"] < single["clean"]["correct"]
 
 
+def test_attack_n_examples_equals_evaluating_the_first_points() -> None:
+    model = small_cnn(seed=2)
+    x, y = tensor_data(n=37, model=model, seed=2)
+    kw = {"eps": 0.04, **FAST}
+    limited = evaluate(
+        model, (x, y), ATTACKS, batch_size=8, attack_n_examples={"square": 13, "fgsm": 40}, **kw
+    )
+    everything = evaluate(model, (x, y), ATTACKS, batch_size=8, **kw)
+    first = evaluate(model, (x, y), ["square"], batch_size=5, n_examples=13, **kw)
+    # The unlimited attacks and the clean counts are those of the plain evaluation.
+    assert limited["n_examples"] == 37 and limited["clean"] == everything["clean"]
+    for name in ("pgd_sat", "pgd_trades", "cw_inf"):
+        assert limited["attacks"][name] == everything["attacks"][name], name
+    # Square counts the first 13 points only, with their own clean accuracy: exactly an
+    # evaluation of those points (whatever the batches); a limit above the data is no limit.
+    square = limited["attacks"]["square"]
+    assert square["n_examples"] == 13 and square["clean"] == first["clean"]
+    for key in ("correct", "adv_correct", "robust", "w_robust"):
+        assert square[key] == first["attacks"]["square"][key], key
+    assert square["w_robust"] == w_robust(first["clean"]["accuracy"], square["robust"])
+    fgsm = limited["attacks"]["fgsm"]
+    assert fgsm["n_examples"] == 37 and fgsm["correct"] == everything["attacks"]["fgsm"]["correct"]
+    # Sharded, the counts still add up to the single-process ones.
+    shards = [
+        evaluate(
+            model, (x, y), ["square"], batch_size=4, rank=r, world_size=3,
+            attack_n_examples={"square": 13}, **kw,
+        )["attacks"]["square"]
+        for r in range(3)
+    ]  # fmt: skip
+    assert sum(s["n_examples"] for s in shards) == 13
+    assert sum(s["correct"] for s in shards) == square["correct"]
+    rows = result_rows(limited, "model")
+    assert [r["clean"] for r in rows if r["attack"] == "square"] == [first["clean"]["accuracy"]]
+
+
 def test_image_data_default_eps_and_n_examples() -> None:
     info = DATASETS["fashion_mnist"]
     g = torch.Generator().manual_seed(0)
@@ -200,6 +236,8 @@ def test_transfer_attacks_need_a_surrogate() -> None:
         ({"rank": 2, "world_size": 2}, "`rank`"),
         ({"n_examples": 0}, "`n_examples`"),
         ({"memory_format": "nchw"}, "`memory_format`"),
+        ({"attack_n_examples": {"pgd_sat": 2}}, "`attack_n_examples`"),
+        ({"attack_n_examples": {"fgsm": 0}}, "attack_n_examples\\['fgsm'\\]"),
     ],
 )
 def test_evaluate_validation(kwargs, message) -> None:
