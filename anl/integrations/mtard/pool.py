@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -74,8 +75,18 @@ def default_worker_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """End this worker once the main process is gone (killed by a signal it could not catch):
+    an orphaned worker would go on training into the run directory that a ``--resume`` is
+    about to continue. Checkpoints are written atomically, so stopping at any point is safe."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
 
 
 def _run_in_worker(fn: Callable[..., tuple[Any, str]], args: tuple[Any, ...]) -> tuple:
@@ -128,7 +139,10 @@ def run_tasks(
     running: dict[concurrent.futures.Future, Task] = {}
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
-        max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)
+        max_workers=jobs,
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(threads, os.getpid()),
     ) as pool:
         try:
             while pending or running:

@@ -88,6 +88,11 @@ def aggregate(
             "clean": _mean_std([r["clean"]["accuracy"] for r in results]),
             "attacks": {
                 a: {
+                    # Clean accuracy on the points the attack ran on (a subset for attacks of
+                    # the evaluation's attack_n_examples, else every evaluated point).
+                    "clean": _mean_std(
+                        [r["attacks"][a].get("clean", r["clean"])["accuracy"] for r in results]
+                    ),
                     "robust": _mean_std([r["attacks"][a]["robust"] for r in results]),
                     "w_robust": _mean_std([r["attacks"][a]["w_robust"] for r in results]),
                 }
@@ -112,8 +117,8 @@ def _table_rows(
                     "dataset": dataset,
                     "defense": DEFENSE_LABELS[method],
                     "attack": attack,
-                    "clean": entry["clean"]["mean"],
-                    "clean_std": entry["clean"]["std"],
+                    "clean": values["clean"]["mean"],
+                    "clean_std": values["clean"]["std"],
                     "robust": values["robust"]["mean"],
                     "robust_std": values["robust"]["std"],
                     "w_robust": values["w_robust"]["mean"],
@@ -128,7 +133,9 @@ def _pct(stat: Mapping[str, Any]) -> str:
     return text if stat.get("std") is None else f"{text} ± {100 * stat['std']:.2f}"
 
 
-def _table_caption(profile: Mapping[str, Any], student: str, agg: Mapping[str, Any]) -> str:
+def _table_caption(
+    profile: Mapping[str, Any], student: str, agg: Mapping[str, Any], attacks: Sequence[str]
+) -> str:
     settings = _eval_settings(profile)
     n_seeds = max(len(v["seeds"]) for v in agg.values())
     title = _evaluate.DATASET_TITLES.get(profile["dataset"], profile["dataset"])
@@ -136,10 +143,20 @@ def _table_caption(profile: Mapping[str, Any], student: str, agg: Mapping[str, A
         f"## {student} on {title}\n\n"
         f"Mean ± sample std over {n_seeds} seed(s); {settings['checkpoint']} checkpoint "
         f"(validation W-Robust); L-inf eps = {settings['eps']:.4g}; "
-        f"{settings['n_examples'] or 'all'} test points. Robust counts a point only when it is "
-        f"right on both the clean and the attacked input. W-Robust = (Clean + Robust) / 2 "
-        f"(Eq. 12)."
+        f"{settings['n_examples'] or 'all'} test points{_subset_text(settings, attacks)}. Robust counts a "
+        f"point only when it is right on both the clean and the attacked input. W-Robust = "
+        f"(Clean + Robust) / 2 (Eq. 12)."
     )
+
+
+def _subset_text(settings: Mapping[str, Any], attacks: Sequence[str]) -> str:
+    """``"; Square on the first 1000 of them (...)"`` for the ``attacks`` of the evaluation's
+    ``attack_n_examples``, else empty."""
+    limits = {a: n for a, n in settings["attack_n_examples"].items() if a in attacks}
+    if not limits:
+        return ""
+    parts = [f"{_evaluate.ATTACK_TITLES.get(a, a)} on the first {n}" for a, n in limits.items()]
+    return "; " + ", ".join(parts) + " of them (its Clean, Robust and W-Robust count those only)"
 
 
 def _attack_table(
@@ -150,7 +167,7 @@ def _attack_table(
         present = [a for a in attacks if any(a in v["attacks"] for v in per_method.values())]
         if not present:
             continue
-        parts.append(_table_caption(profile, student, per_method))
+        parts.append(_table_caption(profile, student, per_method, present))
         parts.append(_evaluate.results_table(_table_rows(per_method, profile["dataset"], present)))
     return "\n\n".join(parts) + "\n"
 
@@ -171,7 +188,7 @@ def _ablation_table(profile: Mapping[str, Any], agg: Mapping[str, Any]) -> str:
             continue
         attacks = list(per_method[present[0]]["attacks"])
         names = [_evaluate.ATTACK_TITLES.get(a, a) for a in attacks]
-        parts.append(_table_caption(profile, student, per_method))
+        parts.append(_table_caption(profile, student, per_method, attacks))
         for key, what in (("robust", "Robust accuracy (%)"), ("w_robust", "W-Robust (%)")):
             lines = [
                 f"{what}:",
@@ -641,7 +658,7 @@ def write_report(
         "figures": [str(p.relative_to(out)) for p in figures],
     }
     stages.save_invocation()
-    results["invocations"] = stages.invocations
+    results["invocations"] = [dict(row) for row in stages.invocations]  # as written now
     _write_text(out / "results.json", json.dumps(_finite(results), indent=2) + "\n")
     _write_text(
         out / "summary.md",

@@ -443,6 +443,7 @@ def _evaluate_model(
         progress=progress,
         seed=settings["seed"],
         attack_overrides={k: v for k, v in settings["attack_overrides"].items() if k in direct},
+        attack_n_examples={k: v for k, v in settings["attack_n_examples"].items() if k in direct},
         rank=rank,
         world_size=world_size,
     )
@@ -996,7 +997,39 @@ def _run_stages(
     """The stages of :func:`reproduce`, in ``ddp``'s process group (or as a task graph in
     ``jobs`` worker processes); ``None`` on ranks > 0, which write nothing."""
     stages = _Stages(out / "stages.json", main=ddp.main)
-    stages.begin_invocation(started.isoformat(timespec="seconds"), command, jobs)
+    with stages.invocation(started.isoformat(timespec="seconds"), command, jobs):
+        return _run_stages_in(
+            profile,
+            out,
+            ddp,
+            stages,
+            jobs=jobs,
+            threads=threads,
+            resume=resume,
+            plots=plots,
+            progress=progress,
+            command=command,
+            started=started,
+            wall_start=wall_start,
+        )
+
+
+def _run_stages_in(
+    profile: Mapping[str, Any],
+    out: Path,
+    ddp: Any,
+    stages: _Stages,
+    *,
+    jobs: int,
+    threads: int | None,
+    resume: bool,
+    plots: bool,
+    progress: bool,
+    command: str,
+    started: datetime.datetime,
+    wall_start: float,
+) -> dict[str, Any] | None:
+    """:func:`_run_stages` within its invocation's record."""
     if ddp.main:
         logger.info(
             "reproduce: profile %s -> %s%s",

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,8 +53,9 @@ class _Stages:
     Stages that did work are recorded in ``<out>/stages.json`` as soon as they end, so that a
     resumed reproduction can report how long its skipped stages took when they ran. Each
     invocation of the pipeline is a row of ``<out>/invocations.json`` (start, command, jobs,
-    wall time so far, updated as each stage ends), so that a reproduction done in several
-    invocations (``--resume`` after a kill) can state its whole wall time.
+    wall time so far, rewritten as each stage ends and every ``heartbeat_s`` seconds between),
+    so that a reproduction done in several invocations (``--resume`` after a kill) can state
+    its whole wall time, give or take one heartbeat per killed invocation.
     """
 
     path: Path
@@ -61,7 +63,10 @@ class _Stages:
     history: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     main: bool = True  # rank 0 (or a lone process): the one that logs and writes the file
     invocations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    heartbeat_s: float = 60.0
     _start: float = dataclasses.field(default_factory=time.perf_counter)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         if self.main and self.path.exists():
@@ -72,17 +77,35 @@ class _Stages:
             with contextlib.suppress(json.JSONDecodeError):
                 self.invocations = json.loads(invocations.read_text())
 
-    def begin_invocation(self, started: str, command: str, jobs: int) -> None:
-        """Add this invocation to ``invocations.json``."""
+    @contextlib.contextmanager
+    def invocation(self, started: str, command: str, jobs: int) -> Iterator[None]:
+        """Record this invocation in ``invocations.json`` while the block runs."""
         self._start = time.perf_counter()
         self.invocations.append(
             {"started": started, "command": command, "jobs": jobs, "wall_s": 0.0}
         )
         self.save_invocation()
+        self._stop.clear()
+        beat = threading.Thread(target=self._heartbeat, daemon=True)
+        if self.main:
+            beat.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            if beat.is_alive():
+                beat.join()
+            self.save_invocation()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self.save_invocation()
 
     def save_invocation(self) -> None:
         """Write this invocation's wall time so far to ``invocations.json`` (rank 0)."""
-        if self.main and self.invocations:
+        if not (self.main and self.invocations):
+            return
+        with self._lock:
             self.invocations[-1]["wall_s"] = time.perf_counter() - self._start
             _write_text(
                 self.path.with_name("invocations.json"),

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +41,12 @@ def rendezvous(mine: str, other: str) -> tuple[dict, str]:
             raise AssertionError(f"{other} never appeared: the tasks did not run side by side")
         time.sleep(0.01)
     return {"pid": os.getpid(), "end": time.time(), "threads": torch.get_num_threads()}, "ran"
+
+
+def sleep_forever(pid_file: str) -> tuple[None, str]:
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(300)
+    return None, "ran"
 
 
 def fail(message: str) -> tuple[None, str]:
@@ -82,6 +91,46 @@ def test_a_failing_task_stops_the_run_and_is_named(tmp_path):
     with pytest.raises(RuntimeError, match="'broken' failed: bad input"):
         pool.run_tasks(tasks, jobs=2, threads=1, record=lambda *row: None)
     assert not later.exists()
+
+
+def _alive(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "\nState:\tZ" not in status.read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_workers_end_when_the_main_process_is_killed(tmp_path):
+    """A main process killed by SIGKILL leaves no worker training on (a resume would then
+    share its run directory with an orphan)."""
+    pid_file = tmp_path / "worker.pid"
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import test_pool\n"
+        "from anl.integrations.mtard import pool\n"
+        "if __name__ == '__main__':\n"
+        "    task = pool.Task('sleep', test_pool.sleep_forever, (sys.argv[2],))\n"
+        "    pool.run_tasks([task], jobs=1, threads=1, record=lambda *row: None)\n"
+    )
+    main = subprocess.Popen(
+        [sys.executable, "-c", script, str(Path(__file__).parent), str(pid_file)]
+    )
+    try:
+        deadline = time.time() + 120
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.time() < deadline and main.poll() is None, "the worker never started"
+            time.sleep(0.05)
+        worker = int(pid_file.read_text())
+        assert _alive(worker)
+    finally:
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+    deadline = time.time() + 30
+    while _alive(worker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker), "the worker outlived the main process"
 
 
 def test_the_task_list_must_put_prerequisites_first():
