@@ -515,7 +515,6 @@ def evaluate_students(
     """
     ddp = _loop._dist_info()
     settings = _eval_settings(profile)
-    info = _data.DATASETS[profile["dataset"]]
     device = _device(profile)
     attacks = settings["attacks"]
     jobs = _eval_jobs(profile, out, teachers, runs)
@@ -530,16 +529,12 @@ def evaluate_students(
     transfer = [a for a in attacks if a.startswith("transfer_")]
     if transfer and any(not done[j.name] for j in jobs if set(j.attacks) & set(transfer)):
         with stages.stage("evaluate/craft-transfer"):
-            crafted = craft_transfer(
-                teachers["adv"].load(info, device),
+            crafted = _craft_on_teacher(
+                teachers["adv"],
                 test_data,
+                settings,
                 transfer,
-                eps=settings["eps"],
-                n_examples=settings["n_examples"],
-                batch_size=settings["batch_size"],
-                device=device,
-                seed=settings["seed"],
-                attack_overrides=settings["attack_overrides"],
+                device,
                 progress=progress and ddp.main,
                 rank=ddp.rank,
                 world_size=ddp.world_size,
@@ -564,6 +559,34 @@ def evaluate_students(
                 world_size=ddp.world_size,
             )
     return _split_eval_results(results, teachers, runs)
+
+
+def _craft_on_teacher(
+    adv: Teacher,
+    test_data: _data.ImageData,
+    settings: Mapping[str, Any],
+    attacks: Sequence[str],
+    device: torch.device,
+    *,
+    progress: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """:func:`craft_transfer` on the adversarial teacher with the evaluation settings."""
+    return craft_transfer(
+        adv.load(test_data.info, device),
+        test_data,
+        attacks,
+        eps=settings["eps"],
+        n_examples=settings["n_examples"],
+        batch_size=settings["batch_size"],
+        device=device,
+        seed=settings["seed"],
+        attack_overrides=settings["attack_overrides"],
+        progress=progress,
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -701,18 +724,7 @@ def _craft_task(
         with contextlib.suppress(ValueError):
             if _checkpoints.safe_load(path).get("key") == key:
                 return path, "skipped (complete)"
-    test_data = data.load()
-    crafted = craft_transfer(
-        adv.load(test_data.info, device),
-        test_data,
-        attacks,
-        eps=settings["eps"],
-        n_examples=settings["n_examples"],
-        batch_size=settings["batch_size"],
-        device=device,
-        seed=settings["seed"],
-        attack_overrides=settings["attack_overrides"],
-    )
+    crafted = _craft_on_teacher(adv, data.load(), settings, attacks, device)
     _checkpoints.atomic_save({"key": key, "crafted": crafted}, path)
     return path, "ran"
 
@@ -770,9 +782,7 @@ def _task_graph(
     runs = _run_list(profile)
     for student, method, seed in runs:
         spec = _methods.METHODS[method]
-        needs = ["teacher/clean"] * spec.needs_clean_teacher + [
-            "teacher/adv"
-        ] * spec.needs_adv_teacher
+        needs = [f"teacher/{role}" for role in ROLES if getattr(spec, f"needs_{role}_teacher")]
         name = f"train/{student}/{method}/seed{seed}"
         config = student_config(profile, student, method, seed, teacher_paths=paths)
         run_dir = _run_dir(out, student, method, seed)
