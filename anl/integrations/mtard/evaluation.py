@@ -498,6 +498,14 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: next to it)")
     parser.add_argument("--name", default=None, help="defense label and file stem")
     parser.add_argument("--square-queries", type=int, default=5000)
+    parser.add_argument(
+        "--attack-n-examples",
+        nargs="+",
+        type=_attack_limit,
+        default=[],
+        metavar="ATTACK=N",
+        help="run these attacks on the first N points only (e.g. square=1000)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--memory-format",
@@ -507,6 +515,16 @@ def register_cli(subparsers: Any) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_run_cli)
+
+
+def _attack_limit(text: str) -> tuple[str, int]:
+    """``"square=1000"`` -> ``("square", 1000)`` for ``--attack-n-examples``."""
+    name, _, count = text.partition("=")
+    if name not in ATTACK_NAMES or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected ATTACK=N with ATTACK in {ATTACK_NAMES} and N >= 1, got {text!r}"
+        )
+    return name, int(count)
 
 
 def _checkpoint_metadata(path: Path) -> dict[str, Any]:
@@ -587,6 +605,7 @@ def _evaluate_cli(args: argparse.Namespace, ddp: Any) -> int:
         surrogate=surrogate,
         n_examples=args.n_examples,
         square_queries=args.square_queries,
+        attack_n_examples=dict(args.attack_n_examples),
         progress=progress,
         seed=args.seed,
         rank=ddp.rank,

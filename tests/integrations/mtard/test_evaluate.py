@@ -333,6 +333,12 @@ def test_cli_arguments_and_defaults() -> None:
     assert args.surrogate == Path("t.pt") and args.out == Path("o") and callable(args.func)
     with pytest.raises(SystemExit):
         _parser().parse_args(["evaluate", "c.pt", "--attacks", "pgd_madry"])
+    limited = ["evaluate", "c.pt", "--attack-n-examples", "square=1000", "fgsm=5"]
+    assert _parser().parse_args(limited).attack_n_examples == [("square", 1000), ("fgsm", 5)]
+    assert _parser().parse_args(["evaluate", "c.pt"]).attack_n_examples == []
+    for bad in ("square", "square=0", "sq=5", "square=x"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["evaluate", "c.pt", "--attack-n-examples", bad])
 
 
 def test_cli_runs_end_to_end(
@@ -361,7 +367,8 @@ def test_cli_runs_end_to_end(
     ckpt = tmp_path / "student.pt"
     args = _parser().parse_args(
         ["evaluate", str(ckpt), "--surrogate", str(tmp_path / "teacher.pt"), "--n-examples",
-         "8", "--square-queries", "20", "--out", str(tmp_path / "res"), "--no-progress"]
+         "8", "--square-queries", "20", "--out", str(tmp_path / "res"), "--no-progress",
+         "--attack-n-examples", "square=3"]
     )  # fmt: skip
     assert args.func(args) == 0
     assert loaded == [str(ckpt), str(tmp_path / "teacher.pt")]
@@ -370,6 +377,8 @@ def test_cli_runs_end_to_end(
     result = json.loads((tmp_path / "res" / "eval_student_fashion_mnist.json").read_text())
     assert list(result["attacks"]) == [*DEFAULT_ATTACKS, "transfer_pgd", "transfer_cw"]
     assert result["n_examples"] == 8 and result["eps"] == pytest.approx(0.1)
+    assert result["attacks"]["square"]["n_examples"] == 3
+    assert "n_examples" not in result["attacks"]["fgsm"]
     assert result["defense"] == "student" and result["dataset"] == "fashion_mnist"
     assert (tmp_path / "res" / "eval_student_fashion_mnist.md").exists()
 
