@@ -972,11 +972,14 @@ def reproduce(
         threads = threads if threads is not None else profile.get("threads")
         if jobs > 1 and threads is None:
             threads = default_worker_threads(jobs)
-        with _torch_threads(threads):
+        stages = _Stages(out / "stages.json", main=ddp.main)
+        invocation = stages.invocation(started.isoformat(timespec="seconds"), command, jobs)
+        with _torch_threads(threads), invocation:
             results = _run_stages(
                 profile,
                 out,
                 ddp,
+                stages,
                 jobs=jobs,
                 threads=threads,
                 resume=resume,
@@ -994,6 +997,7 @@ def _run_stages(
     profile: Mapping[str, Any],
     out: Path,
     ddp: Any,
+    stages: _Stages,
     *,
     jobs: int,
     threads: int | None,
@@ -1006,40 +1010,6 @@ def _run_stages(
 ) -> dict[str, Any] | None:
     """The stages of :func:`reproduce`, in ``ddp``'s process group (or as a task graph in
     ``jobs`` worker processes); ``None`` on ranks > 0, which write nothing."""
-    stages = _Stages(out / "stages.json", main=ddp.main)
-    with stages.invocation(started.isoformat(timespec="seconds"), command, jobs):
-        return _run_stages_in(
-            profile,
-            out,
-            ddp,
-            stages,
-            jobs=jobs,
-            threads=threads,
-            resume=resume,
-            plots=plots,
-            progress=progress,
-            command=command,
-            started=started,
-            wall_start=wall_start,
-        )
-
-
-def _run_stages_in(
-    profile: Mapping[str, Any],
-    out: Path,
-    ddp: Any,
-    stages: _Stages,
-    *,
-    jobs: int,
-    threads: int | None,
-    resume: bool,
-    plots: bool,
-    progress: bool,
-    command: str,
-    started: datetime.datetime,
-    wall_start: float,
-) -> dict[str, Any] | None:
-    """:func:`_run_stages` within its invocation's record."""
     if ddp.main:
         logger.info(
             "reproduce: profile %s -> %s%s",
