@@ -156,7 +156,9 @@ def _subset_text(settings: Mapping[str, Any], attacks: Sequence[str]) -> str:
     if not limits:
         return ""
     parts = [f"{_evaluate.ATTACK_TITLES.get(a, a)} on the first {n}" for a, n in limits.items()]
-    return "; " + ", ".join(parts) + " of them (its Clean, Robust and W-Robust count those only)"
+    return (
+        "; " + ", ".join(parts) + " of them (the numbers in its rows or columns count those only)"
+    )
 
 
 def _attack_table(
