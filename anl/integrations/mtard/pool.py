@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import logging
 import multiprocessing
 import os
 import threading
@@ -31,6 +32,8 @@ import torch
 from . import data as _data
 
 __all__ = ["DataSource", "Task", "default_worker_threads", "run_tasks"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,8 +127,8 @@ def run_tasks(
     those ready. ``record(name, status, wall_s)`` is called in this process as each task ends
     (its ``wall_s`` measured in the worker), ``on_start(name)`` as it is handed to a worker;
     ``bar`` (a tqdm bar, optional) advances by one per task and shows the running ones.
-    The first task that raises stops the run: no further task starts, the running ones are
-    waited for, and the error is raised again, naming the task. Interrupted training runs
+    The first task that raises stops the run: it is logged at once, no further task starts,
+    the running ones are waited for, and the error is raised again, naming the task. Interrupted training runs
     continue from their last checkpoint on a resume.
 
     Returns:
@@ -161,6 +164,13 @@ def run_tasks(
                     try:
                         result, status, wall_s = future.result()
                     except Exception as exc:
+                        # Said now: the running tasks may take long to end (see below).
+                        logger.error(
+                            "task %s failed (%s); waiting for the running tasks to end: %s",
+                            task.name,
+                            exc,
+                            ", ".join(t.name for t in running.values()) or "none",
+                        )
                         raise RuntimeError(f"The task {task.name!r} failed: {exc}") from exc
                     results[task.name] = result
                     record(task.name, status, wall_s)

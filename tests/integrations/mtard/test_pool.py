@@ -82,7 +82,7 @@ def test_tasks_run_after_their_prerequisites_in_several_processes(tmp_path):
     assert all(wall_s >= 0.2 for name, _, wall_s in recorded if name in "cd")
 
 
-def test_a_failing_task_stops_the_run_and_is_named(tmp_path):
+def test_a_failing_task_stops_the_run_and_is_named(tmp_path, caplog):
     later = tmp_path / "later"
     tasks = [
         pool.Task("broken", fail, ("bad input",)),
@@ -91,6 +91,7 @@ def test_a_failing_task_stops_the_run_and_is_named(tmp_path):
     with pytest.raises(RuntimeError, match="'broken' failed: bad input"):
         pool.run_tasks(tasks, jobs=2, threads=1, record=lambda *row: None)
     assert not later.exists()
+    assert "task broken failed (bad input)" in caplog.text
 
 
 def _alive(pid: int) -> bool:
