@@ -128,8 +128,8 @@ def run_tasks(
     (its ``wall_s`` measured in the worker), ``on_start(name)`` as it is handed to a worker;
     ``bar`` (a tqdm bar, optional) advances by one per task and shows the running ones.
     The first task that raises stops the run: it is logged at once, no further task starts,
-    the running ones are waited for, and the error is raised again, naming the task. Interrupted training runs
-    continue from their last checkpoint on a resume.
+    the running ones are waited for, and the error is raised again, naming the task.
+    Interrupted training runs continue from their last checkpoint on a resume.
 
     Returns:
         ``{name: result}`` for every task.
