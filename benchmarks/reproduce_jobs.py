@@ -119,7 +119,7 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = base_parser(NAME, __doc__.splitlines()[0])
+    parser = base_parser(NAME, __doc__.splitlines()[0], in_process=False)
     parser.set_defaults(repeats=1, wait_timeout=600.0)
     parser.add_argument(
         "--profile", default="default", help="a packaged profile name or a JSON file path"

@@ -234,11 +234,15 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def base_parser(name: str, description: str) -> argparse.ArgumentParser:
-    """The flags every benchmark takes: ``--repeats``, ``--warmup``, ``--out``, ``--device``."""
+def base_parser(name: str, description: str, *, in_process: bool = True) -> argparse.ArgumentParser:
+    """The flags every benchmark takes: ``--repeats``, ``--out``, ``--device``, ``--seed``, the
+    idle wait; and, for benchmarks that time calls in this process (``in_process``),
+    ``--warmup`` and ``--threads``. A benchmark that times whole subprocesses, which set their
+    own threads, passes ``in_process=False`` so that it offers no flag it would ignore."""
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=description)
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median taken)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls first")
+    if in_process:
+        parser.add_argument("--warmup", type=int, default=1, help="untimed calls first")
     parser.add_argument(
         "--out",
         type=Path,
@@ -256,19 +260,20 @@ def base_parser(name: str, description: str) -> argparse.ArgumentParser:
         "of the CPU is idle; 0 disables",
     )
     parser.add_argument("--wait-timeout", type=float, default=120.0)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch.set_num_threads (default: leave torch's default, all cores)",
-    )
+    if in_process:
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="torch.set_num_threads (default: leave torch's default, all cores)",
+        )
     return parser
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse the flags and apply ``--threads`` (only when given)."""
     args = parser.parse_args(argv)
-    if args.threads is not None:
+    if getattr(args, "threads", None) is not None:
         if args.threads < 1:
             parser.error(f"--threads should be >= 1, found {args.threads}")
         torch.set_num_threads(args.threads)

@@ -61,3 +61,11 @@ def test_measure_rotates_the_order_and_reports_against_the_first_configuration(
     assert by_config["1x2"]["tables equal"] is False
     assert all(len(row["_samples"]) == 2 for row in rows)
     assert all("tables" not in sample for row in rows for sample in row["_samples"])
+
+
+@pytest.mark.parametrize("flag", ["--warmup=1", "--threads=2"])
+def test_main_offers_no_per_call_flag_it_would_ignore(flag, capsys):
+    # Each configuration sets its own threads, and a whole pipeline has no warm-up call.
+    with pytest.raises(SystemExit):
+        reproduce_jobs.main([flag])
+    assert "unrecognized arguments" in capsys.readouterr().err
