@@ -372,28 +372,50 @@ def _claims_text(comparison: Mapping[str, Mapping[str, Any]]) -> list[str]:
             f"({'holds' if c['best_w_robust_count'] == n else 'holds partly' if c['best_w_robust_count'] else 'does NOT hold'} here)."
         )
         if "white_box_mean_w_robust_delta" in c and "black_box_mean_w_robust_delta" in c:
-            wb, bb = c["white_box_mean_w_robust_delta"], c["black_box_mean_w_robust_delta"]
-            lines.append(
-                f"- Claim 4, largest gains under black-box attacks: mean W-Robust delta "
-                f"black-box {bb:+.2f} vs white-box {wb:+.2f} "
-                f"({'holds' if bb > wb and bb > 0 else 'does NOT hold'} here; paper, ResNet-18 "
-                "CIFAR-10, Square: +4.97 vs ARD)."
-            )
+            lines.append(_claim4_text(c))
         if "ablation" in c:
             a = c["ablation"]
             title = _evaluate.ATTACK_TITLES.get(a["attack"], a["attack"])
+            steps_up = (
+                a["baseline"]["w_robust"] < a["baseline_mt"]["w_robust"] < a["mtard"]["w_robust"]
+            )
             lines.append(
                 f"- Ablation (Fig. 2), clean / W-Robust under {title}: Baseline "
                 f"{a['baseline']['clean']:.2f} / {a['baseline']['w_robust']:.2f}, Baseline+MT "
                 f"{a['baseline_mt']['clean']:.2f} / {a['baseline_mt']['w_robust']:.2f}, MTARD "
                 f"{a['mtard']['clean']:.2f} / {a['mtard']['w_robust']:.2f} (paper: each "
-                "component improves W-Robust)."
+                "component improves W-Robust; "
+                f"{'holds' if steps_up else 'does NOT hold'} here)."
             )
         lines.append("")
     lines.append(
         "Differences smaller than the seeds' standard deviations (tables) are not significant."
     )
     return lines
+
+
+def _claim4_text(c: Mapping[str, Any]) -> str:
+    """Claim 4 per black-box attack: MTARD's W-Robust lead there against its white-box mean.
+
+    Transfer attacks (crafted on a teacher) and Square (queries on the student itself) can
+    disagree, so each is judged on its own, not only through the black-box mean.
+    """
+    wb, bb = c["white_box_mean_w_robust_delta"], c["black_box_mean_w_robust_delta"]
+    black = [a for a in c["attacks"] if a in BLACK_BOX]
+    deltas = {a: c["attacks"][a]["w_robust"]["delta"] for a in black}
+    larger = [a for a, d in deltas.items() if d > wb and d > 0]
+    verdict = (
+        "holds" if len(larger) == len(black) else "holds partly" if larger else "does NOT hold"
+    )
+    per_attack = ", ".join(
+        f"{_evaluate.ATTACK_TITLES.get(a, a)} {d:+.2f}" for a, d in deltas.items()
+    )
+    return (
+        f"- Claim 4, largest gains under black-box attacks: W-Robust MTARD − best baseline "
+        f"{per_attack} (mean {bb:+.2f}) vs white-box mean {wb:+.2f}; larger and positive "
+        f"under {len(larger)} of {len(black)} black-box attacks ({verdict} here; paper, "
+        "ResNet-18 CIFAR-10, Square: +4.97 vs ARD)."
+    )
 
 
 def _paper_comparison(profile: Mapping[str, Any], agg: Mapping[str, Any]) -> list[str]:
