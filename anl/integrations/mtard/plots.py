@@ -106,6 +106,14 @@ def _figure(ncols: int, *, width: float = 5.0, height: float = 3.6):
     return fig, axes
 
 
+def _epoch_axis(ax) -> None:
+    """Label the x axis "epoch" with whole-number ticks (no 2.5 epochs)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(fig, out_path: str | Path) -> Path:
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +163,7 @@ def plot_total_loss(
     full.set_title(title or "")
     zoom.set_title(f"epochs {int(start)} to {int(last_epoch)}")
     for ax in (full, zoom):
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylabel(column)
         ax.grid(alpha=0.3)
     full.legend()
@@ -188,7 +196,7 @@ def plot_relative_losses(
             epochs, values = _per_epoch(log, name)
             ax.plot(epochs, values, label=_math("\\tilde{L}", name[len("rel_") :]))
         ax.set_title(label)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylabel("relative loss L(t) / L(0)")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -231,11 +239,13 @@ def plot_accuracy(
         ax.plot(log["epoch"], 100 * np.asarray(log[column]), label=label, marker=".")
     if not np.isfinite(np.asarray(log["val_clean"])).any():
         ax.text(0.5, 0.5, "no validation split", transform=ax.transAxes, ha="center")
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title or "")
     ax.grid(alpha=0.3)
-    ax.legend()
+    # Below the axes: clean accuracy runs along the top, robust along the bottom, so any
+    # corner inside would cover a curve.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
     return _save(fig, out_path)
 
 

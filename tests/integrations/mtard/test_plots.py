@@ -106,3 +106,20 @@ def test_accuracy_plot_without_validation_and_input_errors(tmp_path):
         plots.plot_weights(epochs, tmp_path / "x.png")
     with pytest.raises(ValueError, match="rel_<loss>"):
         plots.plot_relative_losses({"a": {"epoch": np.arange(3.0)}}, tmp_path / "x.png")
+
+
+def test_accuracy_plot_keeps_its_legend_off_the_curves_and_ticks_whole_epochs(
+    tmp_path, monkeypatch
+):
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or save(fig, path))
+    epochs = plots.read_log(fake_run(tmp_path / "run", epochs=20) / "logs" / "epochs.csv")
+    assert_png(plots.plot_accuracy(epochs, tmp_path / "acc.png"))
+    (fig,) = drawn
+    (ax,) = fig.axes
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.y1 < ax.get_window_extent().y0  # wholly below the axes, over no curve
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
