@@ -369,7 +369,7 @@ def _claims_text(comparison: Mapping[str, Mapping[str, Any]]) -> list[str]:
         lines.append(
             f"- Claim 3, best W-Robust: MTARD has the best W-Robust under "
             f"{c['best_w_robust_count']} of {n} attacks "
-            f"({'holds' if c['best_w_robust_count'] == n else 'holds partly' if c['best_w_robust_count'] else 'does NOT hold'} here)."
+            f"({_verdict(c['best_w_robust_count'], n)} here)."
         )
         if "white_box_mean_w_robust_delta" in c and "black_box_mean_w_robust_delta" in c:
             lines.append(_claim4_text(c))
@@ -394,6 +394,11 @@ def _claims_text(comparison: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _verdict(met: int, total: int) -> str:
+    """A claim that should hold in ``total`` cases and holds in ``met`` of them."""
+    return "holds" if met == total else "holds partly" if met else "does NOT hold"
+
+
 def _claim4_text(c: Mapping[str, Any]) -> str:
     """Claim 4 per black-box attack: MTARD's W-Robust lead there against its white-box mean.
 
@@ -404,12 +409,10 @@ def _claim4_text(c: Mapping[str, Any]) -> str:
     black = [a for a in c["attacks"] if a in BLACK_BOX]
     deltas = {a: c["attacks"][a]["w_robust"]["delta"] for a in black}
     larger = [a for a, d in deltas.items() if d > wb and d > 0]
-    verdict = (
-        "holds" if len(larger) == len(black) else "holds partly" if larger else "does NOT hold"
-    )
     per_attack = ", ".join(
         f"{_evaluate.ATTACK_TITLES.get(a, a)} {d:+.2f}" for a, d in deltas.items()
     )
+    verdict = _verdict(len(larger), len(black))
     return (
         f"- Claim 4, largest gains under black-box attacks: W-Robust MTARD − best baseline "
         f"{per_attack} (mean {bb:+.2f}) vs white-box mean {wb:+.2f}; larger and positive "
