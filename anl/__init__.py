@@ -2,12 +2,15 @@
 
 The core is :class:`AdaptiveLossBalancer`, the Adaptive Normalization Loss of Zhao et al.,
 "Enhanced Accuracy and Robustness via Multi-Teacher Adversarial Distillation" (ECCV 2022),
-Sec. 3.2, Eq. 6-11. :class:`ConstantWeights` is its fixed-weight sibling with the same
-interface, for baselines.
+Sec. 3.2, Eq. 6-11, whose arithmetic :mod:`anl.functional` states as pure functions.
+:class:`ConstantWeights` is its fixed-weight sibling with the same interface, for baselines;
+:class:`LossWeighting` is the base class of every rule.
 """
 
-from anl.balancer import AdaptiveLossBalancer, relative_weights
+from anl import functional
+from anl.balancer import AdaptiveLossBalancer
 from anl.constant import ConstantWeights
+from anl.weighting import LossWeighting
 
-__all__ = ["AdaptiveLossBalancer", "ConstantWeights", "relative_weights"]
-__version__ = "0.1.0"
+__all__ = ["AdaptiveLossBalancer", "ConstantWeights", "LossWeighting", "functional"]
+__version__ = "0.2.0.dev0"

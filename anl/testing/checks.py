@@ -1,123 +1,23 @@
-"""Hypothesis strategies and invariant checks for property-testing loss-weight dynamics.
-
-Use them to test the weights your own training produces, or to test a new rule against
-the Adaptive Normalization Loss (paper Eq. 7-9)::
-
-    from hypothesis import given
-    from anl import testing
-
-    @given(testing.loss_trajectories(), testing.balancer_settings())
-    def test_my_setup(trajectory, settings):
-        testing.check_weight_invariants(trajectory, **settings)
-
-Every ``check_*`` function raises :class:`AssertionError` with a message that names the step,
-the loss and the values when an invariant fails. :func:`reference_weights` is an independent
-float64 NumPy implementation of Eq. 7-9, the oracle the checks compare against.
-"""
+"""Invariant checks of a weighting's trajectories; each raises ``AssertionError`` naming the
+step, the loss and the values when an invariant fails."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-from hypothesis import strategies as st
 
 from anl.balancer import AdaptiveLossBalancer
-
-Trajectory = Sequence[Sequence[float]]
+from anl.testing.oracles import Trajectory, reference_weights
 
 __all__ = [
-    "balancer_settings",
-    "betas",
     "check_beta_zero_is_geometric",
     "check_constant_losses_keep_uniform",
     "check_permutation_equivariance",
     "check_scale_invariance",
     "check_weight_invariants",
-    "loss_trajectories",
-    "loss_values",
-    "reference_weights",
     "run_balancer",
-    "simplex_weights",
-    "weight_lrs",
 ]
-
-
-# --------------------------------------------------------------------------------- strategies
-def loss_values(min_value: float = 1e-3, max_value: float = 1e3) -> st.SearchStrategy[float]:
-    """Positive, finite loss values spanning several orders of magnitude."""
-    return st.floats(
-        min_value=min_value, max_value=max_value, allow_nan=False, allow_infinity=False
-    )
-
-
-@st.composite
-def loss_trajectories(
-    draw: st.DrawFn,
-    n_losses: int | st.SearchStrategy[int] = st.integers(1, 8),  # noqa: B008
-    min_length: int = 1,
-    max_length: int = 30,
-    min_value: float = 1e-3,
-    max_value: float = 1e3,
-) -> list[list[float]]:
-    """A ``T x N`` list of positive loss values: ``trajectory[t][i] = L_i(t)``."""
-    n = draw(n_losses) if isinstance(n_losses, st.SearchStrategy) else n_losses
-    length = draw(st.integers(min_length, max_length))
-    row = st.lists(loss_values(min_value, max_value), min_size=n, max_size=n)
-    return draw(st.lists(row, min_size=length, max_size=length))
-
-
-def betas(max_value: float = 4.0) -> st.SearchStrategy[float]:
-    """``beta >= 0``, with the paper's 1 and the edge cases 0 and 2 drawn often."""
-    return st.one_of(
-        st.sampled_from([0.0, 1.0, 2.0]),
-        st.floats(min_value=0.0, max_value=max_value, allow_nan=False),
-    )
-
-
-def weight_lrs() -> st.SearchStrategy[float]:
-    """``r_w`` in (0, 1], with the paper's 0.025 and the edge case 1 drawn often."""
-    return st.one_of(
-        st.sampled_from([0.025, 0.0025, 1.0]),
-        st.floats(min_value=1e-4, max_value=1.0, allow_nan=False),
-    )
-
-
-@st.composite
-def simplex_weights(draw: st.DrawFn, n: int) -> list[float]:
-    """A point of the probability simplex in ``n`` dimensions (some coordinates may be 0)."""
-    raw = draw(st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=n, max_size=n))
-    total = sum(raw)
-    if total <= 1e-3:
-        return [1.0 / n] * n
-    return [value / total for value in raw]
-
-
-def balancer_settings() -> st.SearchStrategy[dict[str, float]]:
-    """Keyword arguments ``beta`` and ``weight_lr`` for :class:`AdaptiveLossBalancer`."""
-    return st.fixed_dictionaries({"beta": betas(), "weight_lr": weight_lrs()})
-
-
-# --------------------------------------------------------------------------------- oracle
-def reference_weights(
-    trajectory: Trajectory,
-    *,
-    beta: float = 1.0,
-    weight_lr: float = 0.025,
-    initial_weights: Sequence[float] | None = None,
-) -> np.ndarray:
-    """Eq. 7-9 written plainly in float64 NumPy: the ``T x N`` weights ``w(0) … w(T-1)``."""
-    losses = np.asarray(trajectory, dtype=np.float64)
-    n = losses.shape[1]
-    w = np.full(n, 1.0 / n) if initial_weights is None else np.asarray(initial_weights, float)
-    out = np.empty_like(losses)
-    for t, row in enumerate(losses):
-        relative = row / losses[0]
-        powered = relative**beta
-        r = powered / powered.sum() if powered.sum() > 0 else np.full(n, 1.0 / n)
-        w = weight_lr * r + (1.0 - weight_lr) * w
-        out[t] = w
-    return out
 
 
 def run_balancer(trajectory: Trajectory, **settings: object) -> np.ndarray:
@@ -131,7 +31,6 @@ def run_balancer(trajectory: Trajectory, **settings: object) -> np.ndarray:
     return np.stack(rows)
 
 
-# --------------------------------------------------------------------------------- checks
 def _fail(message: str) -> None:
     raise AssertionError(message)
 

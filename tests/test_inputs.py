@@ -1,0 +1,90 @@
+"""anl.inputs: every malformed name list or loss value is one clear error, raised before any
+state changes; valid values of every kind are ordered and classified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anl.inputs import collect_losses, parse_names
+
+NAMES = ("adv", "nat")
+
+
+@pytest.mark.parametrize(
+    ("losses", "error", "match"),
+    [
+        (0, ValueError, "positive number"),
+        (-2, ValueError, "positive number"),
+        (True, TypeError, "positive int or a sequence"),
+        (2.0, TypeError, "positive int or a sequence"),
+        ("ab", TypeError, "not a single string"),
+        ([], ValueError, "non-empty"),
+        (["a", ""], ValueError, "non-empty strings"),
+        (["a", 1], ValueError, "non-empty strings"),
+        (["a", "a"], ValueError, r"duplicates \['a'\]"),
+    ],
+)
+def test_bad_names(losses, error, match):
+    with pytest.raises(error, match=match):
+        parse_names(losses)
+
+
+def test_names_from_a_count_or_a_sequence():
+    assert parse_names(3) == ("0", "1", "2")
+    assert parse_names(("b", "a")) == ("b", "a")
+
+
+@pytest.mark.parametrize(
+    ("losses", "error", "match"),
+    [
+        ([1.0], ValueError, "should hold 2 values"),
+        ([1.0, 2.0, 3.0], ValueError, "should hold 2 values"),
+        ({"adv": 1.0, "typo": 2.0}, ValueError, r"unknown names \['typo'\]"),
+        ("ab", TypeError, "sequence or a mapping"),
+        (3.0, TypeError, "sequence or a mapping"),
+        (torch.ones(2, 2), ValueError, "1-D"),
+        ([torch.ones(2), 1.0], ValueError, r"`adv` should be a scalar \(0-dim\)"),
+        ([np.ones(2), 1.0], ValueError, "`adv` should be a scalar"),
+        ([True, 1.0], TypeError, "`adv` should be a float"),
+        ([np.bool_(True), 1.0], TypeError, "`adv` should be a float"),
+        ([1.0, "1"], TypeError, "`nat` should be a float"),
+        ([1.0, 1 + 2j], TypeError, "`nat` should be a float"),
+        ([torch.tensor(True), 1.0], TypeError, "`adv` should be real-valued"),
+        ([torch.tensor(1 + 1j), 1.0], TypeError, "`adv` should be real-valued"),
+        ([10**400, 1.0], ValueError, "`adv` should fit in a float"),
+        ([None, None], ValueError, "at least one"),
+        ({}, ValueError, "at least one"),
+        (
+            [torch.tensor(1.0), torch.tensor(1.0, device="meta")],
+            ValueError,
+            "one device. Found `adv` on cpu and `nat` on meta",
+        ),
+    ],
+)
+def test_bad_losses(losses, error, match):
+    with pytest.raises(error, match=match):
+        collect_losses(losses, NAMES)
+
+
+def test_mappings_are_read_in_declared_order_whatever_their_order():
+    batch = collect_losses({"nat": 2.0, "adv": 1.0}, NAMES)
+    assert batch.values == (1.0, 2.0)
+
+
+def test_kinds_of_values_and_absence():
+    t = torch.tensor([3.0], requires_grad=True)
+    batch = collect_losses([np.float32(0.5), t], NAMES)
+    assert batch.values[0] == 0.5 and type(batch.values[0]) is float
+    assert batch.values[1].shape == () and batch.values[1].requires_grad
+    assert batch.device == torch.device("cpu") and batch.mixed and batch.all_present
+    assert collect_losses([1, np.array(2.0)], NAMES).values == (1.0, 2.0)
+    assert collect_losses([1.0, 2.0], NAMES).device is None
+    absent = collect_losses({"nat": 2.0}, NAMES)
+    assert absent.values == (None, 2.0) and absent.present == (False, True)
+    assert not absent.all_present
+    assert collect_losses([None, torch.tensor(1.0)], NAMES).present == (False, True)
+    assert collect_losses(torch.tensor([1.0, 2.0]), NAMES).values[1].item() == 2.0
+    integer = collect_losses([torch.tensor(3), 1.0], NAMES).values[0]
+    assert integer.dtype == torch.int64 and integer.shape == ()
