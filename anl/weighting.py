@@ -262,23 +262,39 @@ class LossWeighting:
         return self._total(self._state["weights"], collect_losses(losses, self._names))
 
     def _total(self, weights: functional.Vector, batch: LossBatch) -> Tensor | float:
-        if batch.device is None:
-            if isinstance(weights, Tensor):
-                weights = weights.tolist()
-            return sum(w * v for w, v in zip(weights, batch.values, strict=True) if v is not None)
-        if isinstance(weights, Tensor):  # the state is updated in place by later steps
-            weights = weights.clone()
+        if isinstance(weights, Tensor) and batch.device is not None:
+            weights = weights.clone()  # the state is updated in place by later steps
         if batch.all_present and not batch.mixed:
-            return functional.weighted_sum(weights, batch.values)  # type: ignore[arg-type]
+            return self._combine(weights, batch.values, None)  # type: ignore[arg-type]
         kept = [i for i, value in enumerate(batch.values) if value is not None]
-        graphs = [
-            value if isinstance(value, Tensor) else torch.tensor(value, device=batch.device)
+        losses = [
+            value
+            if isinstance(value, Tensor) or batch.device is None
+            else torch.tensor(value, device=batch.device)
             for value in batch.values
             if value is not None
         ]
-        if len(kept) < len(batch.values):
+        return self._combine(weights, losses, None if len(kept) == len(batch.values) else kept)
+
+    def _combine(
+        self,
+        weights: functional.Vector,
+        losses: list[Tensor] | list[float],
+        kept: list[int] | None,
+    ) -> Tensor | float:
+        """The total returned by :meth:`step` and :meth:`combine`: Eq. 6 by default.
+
+        ``losses`` are the present losses (0-dim tensors with their graphs, or Python floats
+        when no loss is a tensor), ``kept`` their indices (``None``: every loss). A rule whose
+        total is not a weighted sum with constant weights overrides this hook.
+        """
+        if kept is not None:
             weights = weights[kept] if isinstance(weights, Tensor) else [weights[i] for i in kept]
-        return functional.weighted_sum(weights, graphs)
+        if losses and not isinstance(losses[0], Tensor):
+            if isinstance(weights, Tensor):
+                weights = weights.tolist()
+            return sum(w * v for w, v in zip(weights, losses, strict=True))
+        return functional.weighted_sum(weights, losses)  # type: ignore[arg-type]
 
     # -------------------------------------------------------------- the host path
     def _step_on_host(self, batch: LossBatch) -> list[float]:
