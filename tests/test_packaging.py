@@ -184,6 +184,13 @@ def test_extras(requirements, metadata):
             assert not any(s.operator in ("==", "===") for s in req.specifier), req
 
 
+def test_citation_file_matches_the_release(metadata):
+    citation = (ROOT / "CITATION.cff").read_text()
+    assert re.search(r"^version: (\S+)$", citation, re.M)[1] == metadata["Version"]
+    assert re.search(r"^license: (\S+)$", citation, re.M)[1] == metadata["License-Expression"]
+    assert "Multi-Teacher Adversarial Distillation" in citation
+
+
 # ------------------------------------------------------------------------------ contents
 def test_sdist_is_a_complete_source_tree(dist):
     with tarfile.open(dist["sdist"]) as tar:
