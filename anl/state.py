@@ -186,33 +186,26 @@ def check_history_size(value: Any) -> int | None:
     return value
 
 
-def check_history(num_calls: Any, history: Any, counted: int, n: int) -> tuple[int, np.ndarray]:
-    """``num_calls`` and the history matrix of a state dict, checked against each other.
+def check_history(history: Any, calls: int, n: int) -> np.ndarray:
+    """The history matrix of a state dict, checked against the ``calls`` its counters made.
 
-    The history has ``3 n + 1`` columns (losses, relative losses, weights, applied), at most
-    ``num_calls`` rows; ``num_calls`` is an int of at least ``counted`` (the steps and skips).
-    Relative losses and weights are finite and non-negative; losses are finite and
-    non-negative, or NaN where absent, in every applied row (a masked row may hold anything).
+    The history has ``3 n + 1`` columns (losses, relative losses, weights, applied) and at
+    most ``calls`` rows. Relative losses and weights are finite and non-negative; losses are
+    finite and non-negative, or NaN where absent, in every applied row (a masked row may hold
+    anything).
     """
-    if isinstance(num_calls, bool) or not isinstance(num_calls, int):
-        raise ValueError(f"State `num_calls` should be an int. Found {describe(num_calls)}.")
-    if num_calls < counted:
-        raise ValueError(
-            f"State `num_calls` ({num_calls}) should be at least `num_steps` + `num_skipped` "
-            f"({counted})."
-        )
     width = 3 * n + 1
     if (
         not isinstance(history, Tensor)
         or history.dim() != 2
         or history.shape[1] != width
         or not history.is_floating_point()
-        or history.shape[0] > num_calls
+        or history.shape[0] > calls
     ):
         found = tuple(history.shape) if isinstance(history, Tensor) else describe(history)
         raise ValueError(
             f"State `history` should be a float (T, {width}) tensor of the last T <= "
-            f"`num_calls` = {num_calls} calls. Found {found}."
+            f"{calls} calls (`num_steps` + `num_skipped`). Found {found}."
         )
     matrix = history.detach().to("cpu", torch.float64).numpy()
     applied = matrix[:, -1]
@@ -229,7 +222,7 @@ def check_history(num_calls: Any, history: Any, counted: int, n: int) -> tuple[i
             "State `history` should hold finite, non-negative losses (or NaN where absent) "
             "in its applied rows."
         )
-    return num_calls, matrix
+    return matrix
 
 
 def reference_ok(value: float) -> bool:

@@ -155,8 +155,8 @@ class LossWeighting:
         self._layout = StateLayout(self._state, self._dtype)
         self._device: torch.device | None = None  # None: the state is in host form
         self._all_referenced = False  # every loss has its L(0)
-        self._num_calls = 0
-        self._history = StepHistory(3 * n + 1, self._history_size)
+        self._called = False  # a step was made (for `initial_losses` and friends)
+        self._history = StepHistory(3 * n + 1, self._history_size, self._dtype)
 
     def _host_state(self) -> dict[str, Any]:
         if self._device is not None:
@@ -210,12 +210,12 @@ class LossWeighting:
     @property
     def initial_losses(self) -> Tensor | None:
         """The reference losses ``L(0)`` (0 until a loss's first valid step; None before any call)."""
-        return None if self._num_calls == 0 else self._public("initial_losses")
+        return self._public("initial_losses") if self._called else None
 
     @property
     def relative_losses(self) -> Tensor | None:
         """``L~(t) = L(t) / L(0)`` as of the last valid step (paper Eq. 7); None before any call."""
-        return None if self._num_calls == 0 else self._public("relative_losses")
+        return self._public("relative_losses") if self._called else None
 
     @property
     def num_steps(self) -> Tensor:
@@ -331,7 +331,7 @@ class LossWeighting:
         if error is not None:
             if self._strict or batch.device is None:
                 raise ValueError(error + " The weighting state was left unchanged.")
-            self._num_calls += 1
+            self._called = True
             state["num_skipped"] += 1
             self._history.append((*values, *state["relative_losses"], *state["weights"], 0.0))
             return state["weights"]
@@ -339,7 +339,7 @@ class LossWeighting:
         state["initial_losses"] = initial
         state["relative_losses"] = relative
         state["num_steps"] += 1
-        self._num_calls += 1
+        self._called = True
         self._history.append((*values, *relative, *state["weights"], 1.0))
         return state["weights"]
 
@@ -420,7 +420,7 @@ class LossWeighting:
             state[key].copy_(torch.where(valid, value, state[key]))
         state["num_steps"].add_(valid.to(torch.int64))
         state["num_skipped"].add_((~valid).to(torch.int64))
-        self._num_calls += 1
+        self._called = True
         if self._history_size != 0:
             row = [values, state["relative_losses"], state["weights"], valid.to(dtype)[None]]
             self._history.append(torch.cat(row))
@@ -436,8 +436,9 @@ class LossWeighting:
         """
         n = self.num_losses
         matrix = self._history.matrix()
+        calls = int(self._state["num_steps"]) + int(self._state["num_skipped"])
         return {
-            "step": np.arange(self._num_calls - len(matrix), self._num_calls, dtype=np.int64),
+            "step": np.arange(calls - len(matrix), calls, dtype=np.int64),
             "losses": matrix[:, :n].copy(),
             "relative_losses": matrix[:, n : 2 * n].copy(),
             "weights": matrix[:, 2 * n : 3 * n].copy(),
@@ -453,7 +454,6 @@ class LossWeighting:
         reuses (the rule's :attr:`defaults`, ``strict``, ``distributed``).
         """
         state = self._layout.to_cpu_tensors(self._state)
-        state["num_calls"] = self._num_calls
         state["history"] = torch.from_numpy(self._history.matrix())
         hyperparameters = {
             "rule": type(self).__name__,
@@ -507,19 +507,16 @@ class LossWeighting:
                 )
         loaded["weights"] = self._check_weights(loaded["weights"], "weights")
         self._check_loaded_state(loaded)
-        num_calls, history = check_history(
-            state.get("num_calls"),
-            state.get("history"),
-            loaded["num_steps"] + loaded["num_skipped"],
-            self.num_losses,
+        history = check_history(
+            state.get("history"), loaded["num_steps"] + loaded["num_skipped"], self.num_losses
         )
         # Everything is checked: swap it in.
         self.defaults = defaults
         self._strict, self._distributed = strict, distributed
         self._state, self._device = loaded, None
         self._all_referenced = all(loaded["has_reference"])
-        self._num_calls = num_calls
-        self._history = StepHistory(3 * self.num_losses + 1, self._history_size)
+        self._called = loaded["num_steps"] + loaded["num_skipped"] > 0
+        self._history = StepHistory(3 * self.num_losses + 1, self._history_size, self._dtype)
         self._history.replace(history)
 
     def __repr__(self) -> str:

@@ -542,3 +542,22 @@ def test_hyperparameters_are_settable_and_checked():
     assert balancer.weight_lr == pytest.approx(0.0025)
     balancer.weight_lr = 0.0025
     assert repr(balancer) == "AdaptiveLossBalancer(['0', '1'], beta=2.0, weight_lr=0.0025)"
+
+
+def test_history_keeps_order_across_host_and_device_steps():
+    balancer = AdaptiveLossBalancer(2, weight_lr=0.5, history_size=4)
+    rows = [(2.0, 4.0), (1.0, 4.0), (1.0, 2.0), (0.5, 2.0), (0.5, 1.0)]
+    for k, row in enumerate(rows):
+        balancer.supports_host = k not in (1, 2)  # host, device, device, host, host
+        balancer.step([torch.tensor(v, dtype=torch.float64) for v in row])
+    h = balancer.history()
+    assert h["step"].tolist() == [1, 2, 3, 4]
+    np.testing.assert_array_equal(h["losses"], rows[1:])
+    reference = AdaptiveLossBalancer(2, weight_lr=0.5)
+    for row in rows:
+        reference.step(list(row))
+    np.testing.assert_allclose(h["weights"], reference.history()["weights"][1:], rtol=1e-14)
+    balancer.supports_host = False
+    for _ in range(6):  # the ring wraps around
+        balancer.step([torch.tensor(0.25, dtype=torch.float64), torch.tensor(1.0)])
+    assert balancer.history()["step"].tolist() == [7, 8, 9, 10]
