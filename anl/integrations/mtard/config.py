@@ -124,6 +124,13 @@ class TrainConfig:
     val_size: int = field(
         default=1000, metadata=_h("validation images carved from the training set (0 disables)")
     )
+    val_seed: int | None = field(
+        default=None,
+        metadata=_h(
+            "seed of the validation split (default: --seed); fix it so that runs of every "
+            "seed, and the teachers, share one validation set"
+        ),
+    )
     augment: str | None = field(
         default=None, metadata=_h("none | crop | crop_flip (default: the dataset's)")
     )
@@ -211,6 +218,8 @@ class TrainConfig:
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("val_size", self.val_size, minimum=0)
         _check_int("seed", self.seed, minimum=0)
+        if self.val_seed is not None:
+            _check_int("val_seed", self.val_seed, minimum=0)
         for name in ("train_subset", "val_batch_size"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)

@@ -227,7 +227,8 @@ def _prepare_data(
         _bad("val_size", config.val_size, f"smaller than the {len(train_data)} training images")
     val_data = None
     if config.val_size > 0:
-        train_data, val_data = _data.split_validation(train_data, config.val_size, seed=config.seed)
+        split_seed = config.seed if config.val_seed is None else config.val_seed
+        train_data, val_data = _data.split_validation(train_data, config.val_size, seed=split_seed)
     if config.train_subset is not None:
         if config.train_subset > len(train_data):
             _bad(

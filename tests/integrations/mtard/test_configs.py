@@ -31,7 +31,7 @@ SMALL_TEACHERS = {
 
 def test_packaged_profiles_load_and_validate():
     names = reproduce.profile_names()
-    assert {"default", "full", "smoke", "paper-cifar10", "paper-cifar100"} <= set(names)
+    assert {"default", "full", "premise", "smoke", "paper-cifar10", "paper-cifar100"} <= set(names)
     for name in names:
         profile = reproduce.load_profile(name)
         assert profile["name"] == name

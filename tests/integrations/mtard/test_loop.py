@@ -433,3 +433,18 @@ def test_speed_options_are_validated_and_keep_the_result(teachers, tmp_path):
         if v.is_floating_point() and not torch.equal(v, initial[k])
     ]
     assert moved and all(torch.isfinite(v).all() for v in finals["amp"].values())
+
+
+def test_val_seed_fixes_one_validation_set_for_every_seed(teachers):
+    data_ = tiny_data(200, seed=5)
+
+    def val_labels(**overrides):
+        _, val = L._prepare_data(make_config(teachers, **overrides), data_, False)
+        return val.images.reshape(len(val.labels), -1).sum(1).tolist()
+
+    assert val_labels(seed=1) != val_labels(seed=2)  # by default the split follows the seed
+    assert val_labels(seed=1, val_seed=0) == val_labels(seed=2, val_seed=0) == val_labels(seed=0)
+    # A smaller validation set with the same val_seed is a subset of the larger one, so a
+    # student's validation images were never a teacher's training images.
+    small = set(val_labels(seed=2, val_seed=0, val_size=16))
+    assert small <= set(val_labels(seed=0, val_size=32))
