@@ -666,10 +666,10 @@ def protocol(eps: float = DEFAULT_EPS) -> dict[str, dict[str, Any]]:
     ============  ==============================================================
 
     Other budgets (e.g. 0.1 on Fashion-MNIST) keep the step-to-budget ratios: step sizes
-    ``eps / 4`` (SAT, CW) and ``0.003 * eps / (8/255)`` (TRADES); the TRADES start scale
-    0.001 only breaks symmetry and is kept. The paper's text gives 2/255 for PGD_TRADES; the
-    TRADES/RSLAD evaluation code it follows uses 0.003. Random starts are not clipped to
-    [0, 1], as in that code.
+    ``eps / 4`` (SAT, CW) and ``0.003 * eps / (8/255)`` (TRADES). The paper's text gives
+    2/255 for PGD_TRADES; the TRADES evaluation code it follows (``_pgd_whitebox``) uses 0.003
+    and, as MTARD's ``attack_pgd``, starts from ``U(-eps, eps)``. Random starts are not
+    clipped to [0, 1], as in that code.
     """
     _check_nonnegative("eps", eps)
     ratio = eps / DEFAULT_EPS
@@ -686,8 +686,7 @@ def protocol(eps: float = DEFAULT_EPS) -> dict[str, dict[str, Any]]:
         "steps": 20,
         "step_size": 0.003 * ratio,
         "loss": "ce",
-        "random_start": "normal",
-        "start_std": 0.001,
+        "random_start": "uniform",
         "clamp_start": False,
     }
     cw = {
