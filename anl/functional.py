@@ -77,11 +77,11 @@ def relative_weights(relative: Vector, beta: float) -> Vector:
     if beta == 0:
         return [1.0 / n] * n
     try:
-        powers = [value**beta for value in relative]
+        powers = relative if beta == 1.0 else [value**beta for value in relative]
         total = sum(powers)
     except OverflowError:
         total = math.inf
-    if math.isfinite(total) and total > 0:
+    if 0.0 < total < math.inf:
         return [power / total for power in powers]
     largest = max(relative)
     if not largest > 0:
@@ -96,7 +96,7 @@ def _relative_weights_tensor(relative: Tensor, beta: float) -> Tensor:
     uniform = torch.full_like(relative, 1.0 / n)
     if beta == 0:
         return uniform
-    powers = relative**beta
+    powers = relative if beta == 1.0 else relative**beta  # x ** 1.0 is x, bit for bit
     total = powers.sum()
     largest = relative.max()
     scaled = (relative / torch.where(largest > 0, largest, torch.ones_like(largest))) ** beta

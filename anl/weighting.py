@@ -309,8 +309,10 @@ class LossWeighting:
         initial = state["initial_losses"]
         if present is None and self._all_referenced:  # the steady state, checked in one pass
             relative = [v / r for v, r in zip(values, initial, strict=True)]
-            valid = all(0.0 <= v < math.inf for v in values) and max(relative) < math.inf
-            error = None if valid else self._host_invalid(state, values, (True,) * len(values))
+            # A NaN makes the sums NaN, an inf makes them inf; a sum can also overflow from
+            # finite terms, so anything but a finite sum gets the exact check.
+            quick = sum(values) < math.inf and min(values) >= 0.0 and sum(relative) < math.inf
+            error = None if quick else self._host_invalid(state, values, (True,) * len(values))
         else:
             here = present if present is not None else (True,) * len(values)
             error = self._host_invalid(state, values, here)
