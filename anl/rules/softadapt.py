@@ -48,7 +48,8 @@ class SoftAdapt(LossWeighting):
     - :math:`s_i(t)`: loss ``i``'s rate of change, a backward finite difference of accuracy
       order :math:`p` = ``order`` over its last :math:`p + 1` values (:data:`STENCILS`).
     - :math:`\beta`: ``beta`` (the paper: 0.1); :math:`\beta > 0` favours the losses that rise
-      or fall slowest, :math:`\beta < 0` the fastest-falling ones, :math:`\beta = 0` is uniform.
+      or fall slowest, :math:`\beta < 0` the fastest-falling ones; with :math:`\beta = 0` the
+      weights are uniform (loss weighted: proportional to :math:`f_i`).
     - :math:`f_i(t)`: the loss-weighted variant's weight, the mean of the values :math:`s_i`
       is computed from.
     - :math:`w_i(t)`: :attr:`weights`, on the simplex (sum 1); :math:`1/N` until the first
@@ -205,8 +206,6 @@ class SoftAdapt(LossWeighting):
     ) -> list[float]:
         beta, variant = self.defaults["beta"], self.defaults["variant"]
         n = len(slopes)
-        if beta == 0:
-            return [0.0] * n
         if variant == "normalized":
             norm = sum(abs(s) for s, h in zip(slopes, share, strict=True) if h)
             return [beta * (s / norm) if norm > 0 else 0.0 for s in slopes]
@@ -235,9 +234,7 @@ class SoftAdapt(LossWeighting):
         coefficients = torch.tensor(STENCILS[order], dtype=rows.dtype, device=rows.device)
         scaled = stencil / scale
         slopes = torch.where(share, coefficients @ scaled, torch.zeros_like(losses))
-        if beta == 0:
-            logits = torch.zeros_like(losses)
-        elif variant == "normalized":
+        if variant == "normalized":
             norm = torch.where(share, slopes.abs(), torch.zeros_like(slopes)).sum()
             safe = torch.where(norm > 0, norm, torch.ones_like(norm))
             logits = torch.where(norm > 0, beta * (slopes / safe), torch.zeros_like(slopes))
@@ -287,8 +284,10 @@ class SoftAdapt(LossWeighting):
 
 def _times(beta: float, scale: float | Tensor, slope: float | Tensor) -> float | Tensor:
     r""":math:`\beta\, s` from ``slope`` :math:`= s / scale`: an overflow gives :math:`\pm\infty`
-    (a slope of 0 gives 0), never NaN."""
+    (:math:`\beta = 0` or a slope of 0 gives 0), never NaN."""
     if isinstance(slope, Tensor):
+        if beta == 0:
+            return torch.zeros_like(slope)
         product = (beta * slope) * scale
         return torch.where(slope == 0, torch.zeros_like(product), product)
-    return 0.0 if slope == 0 else (beta * slope) * scale
+    return 0.0 if slope == 0 or beta == 0 else (beta * slope) * scale
