@@ -107,7 +107,9 @@ def normals(
     r"""``count`` standard normals by Box-Muller from ``2 count`` uniforms."""
     u = uniforms(seed, counter, 2 * count, dtype)
     if isinstance(u, Tensor):
-        return torch.sqrt(-2.0 * torch.log(u[0::2])) * torch.cos((2.0 * math.pi) * u[1::2])
+        return torch.sqrt(-2.0 * torch.log(u[..., 0::2])) * torch.cos(
+            (2.0 * math.pi) * u[..., 1::2]
+        )
     return [
         math.sqrt(-2.0 * math.log(u[2 * i])) * math.cos((2.0 * math.pi) * u[2 * i + 1])
         for i in range(count)
@@ -122,4 +124,5 @@ def bernoulli_threshold(p: float) -> int:
 
 def bernoulli(seed: int, counter: int | Tensor, p: float) -> bool | Tensor:
     """One Bernoulli(p) draw of the ``counter``-th update: ``u < p`` with ``u`` its first uniform."""
-    return words(seed, counter, 1)[0] < bernoulli_threshold(p)
+    x = words(seed, counter, 1)
+    return (x[..., 0] if isinstance(x, Tensor) else x[0]) < bernoulli_threshold(p)
