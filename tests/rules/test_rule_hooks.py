@@ -48,8 +48,11 @@ def test_a_rule_can_refuse_zero_losses(path):
     rule.step([torch.tensor(1.0), torch.tensor(1.0)])
     rule.step([torch.tensor(0.0), torch.tensor(1.0)])  # masked
     assert int(rule.num_steps) == 1 and int(rule.num_skipped) == 1
+    strict = Positive(2, strict=True)
+    strict.supports_host = path == "host"
+    strict.step([1.0, 1.0])
     with pytest.raises(ValueError, match="`1` should be positive"):
-        rule.step([1.0, 0.0])
+        strict.step([torch.tensor(1.0), torch.tensor(0.0)])
     plain = Recorder(2)
     plain.step([1.0, 1.0])
     plain.step([0.0, 1.0])  # a zero loss is valid by default
