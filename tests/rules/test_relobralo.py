@@ -251,3 +251,14 @@ def test_defaults_are_the_papers():
     }
     relobralo.alpha = 0.99
     assert relobralo.alpha == 0.99
+
+
+def test_a_float32_state_keeps_its_total_over_long_runs():
+    """The EMA would let float32 rounding drift sum(lambda) away from N (by ~1e-5 over a few
+    thousand steps), until the rule's own state dict failed the load check."""
+    rows = torch.tensor(np.random.default_rng(0).uniform(0.1, 10.0, size=(600, 5)))
+    relobralo = ReLoBRaLo(5, dtype=torch.float32, history_size=0)
+    for row in rows:
+        relobralo.step(row)
+        assert abs(float(relobralo.weights.double().sum()) - 5.0) < 5e-6
+    ReLoBRaLo(5).load_state_dict(relobralo.state_dict())
