@@ -16,8 +16,8 @@ from anl.weighting import DEFAULT_HISTORY_SIZE, LossWeighting
 
 __all__ = ["DynamicWeightAverage"]
 
-#: Largest accepted window (steps): 2^31 keeps every counter exact in a float32 state too.
-MAX_WINDOW = 2**31
+#: Largest accepted window (steps): 2^24 keeps the window's counts exact in a float32 state.
+MAX_WINDOW = 2**24
 
 
 class DynamicWeightAverage(LossWeighting):
