@@ -4,13 +4,31 @@ The core is :class:`AdaptiveLossBalancer`, the Adaptive Normalization Loss of Zh
 "Enhanced Accuracy and Robustness via Multi-Teacher Adversarial Distillation" (ECCV 2022),
 Sec. 3.2, Eq. 6-11, whose arithmetic :mod:`anl.functional` states as pure functions.
 :class:`ConstantWeights` is its fixed-weight sibling with the same interface, for baselines;
-:class:`LossWeighting` is the base class of every rule.
+:class:`LossWeighting` is the base class of every rule. :mod:`anl.rules` holds the rules
+users compare ANL with (DWA, RLW, GLS, SoftAdapt, ReLoBRaLo), exported here too.
 """
 
 from anl import functional
 from anl.balancer import AdaptiveLossBalancer
 from anl.constant import ConstantWeights
+from anl.rules import (
+    DynamicWeightAverage,
+    GeometricLossStrategy,
+    RandomLossWeighting,
+    ReLoBRaLo,
+    SoftAdapt,
+)
 from anl.weighting import LossWeighting
 
-__all__ = ["AdaptiveLossBalancer", "ConstantWeights", "LossWeighting", "functional"]
+__all__ = [
+    "AdaptiveLossBalancer",
+    "ConstantWeights",
+    "DynamicWeightAverage",
+    "GeometricLossStrategy",
+    "LossWeighting",
+    "RandomLossWeighting",
+    "ReLoBRaLo",
+    "SoftAdapt",
+    "functional",
+]
 __version__ = "0.2.0.dev0"

@@ -76,6 +76,15 @@ class LossWeighting:
     #: False on an instance to run CPU losses through the tensor path (tests do).
     supports_host: bool = True
 
+    #: Whether ``_update`` also takes ``losses=``, this step's detached loss values
+    #: :math:`L_i(t)` (cross-rank averaged, NaN where absent), in the form of ``relative``:
+    #: for rules that are not scale-free (GLS, SoftAdapt), which :math:`\tilde L` cannot feed.
+    update_takes_losses: bool = False
+
+    #: Whether a loss of 0 is invalid (masked, or raised, like a negative one): for rules
+    #: that take logarithms of the losses or divide by them (GLS).
+    requires_positive_losses: bool = False
+
     def __init__(
         self,
         losses: int | Sequence[str],
@@ -120,7 +129,7 @@ class LossWeighting:
         Every argument is either host-form (lists of floats) or device-form (tensors), and
         the result must be of the same form. ``present`` is ``None`` when every loss was
         given. Device-form code must not read a value back (no ``.item()``, no branch on a
-        tensor).
+        tensor). A rule that sets :attr:`update_takes_losses` also gets ``losses=``.
         """
         raise NotImplementedError
 
@@ -311,7 +320,12 @@ class LossWeighting:
             relative = [v / r for v, r in zip(values, initial, strict=True)]
             # A NaN makes the sums NaN, an inf makes them inf; a sum can also overflow from
             # finite terms, so anything but a finite sum gets the exact check.
-            quick = sum(values) < math.inf and min(values) >= 0.0 and sum(relative) < math.inf
+            smallest = min(values)
+            quick = (
+                sum(values) < math.inf
+                and sum(relative) < math.inf
+                and (smallest > 0.0 if self.requires_positive_losses else smallest >= 0.0)
+            )
             error = None if quick else self._host_invalid(state, values, (True,) * len(values))
         else:
             here = present if present is not None else (True,) * len(values)
@@ -328,8 +342,7 @@ class LossWeighting:
                         values, initial, here, state["relative_losses"], strict=True
                     )
                 ]
-                state["has_reference"] = [h or p for h, p in zip(has_reference, here, strict=True)]
-                self._all_referenced = all(state["has_reference"])
+                has_reference = [h or p for h, p in zip(has_reference, here, strict=True)]
         if error is not None:
             if self._strict or batch.device is None:
                 raise ValueError(error + " The weighting state was left unchanged.")
@@ -337,7 +350,11 @@ class LossWeighting:
             state["num_skipped"] += 1
             self._history.append((*values, *state["relative_losses"], *state["weights"], 0.0))
             return state["weights"]
-        state.update(self._update(state, relative, present))
+        extra = {"losses": values} if self.update_takes_losses else {}
+        state.update(self._update(state, relative, present, **extra))  # sees the old state
+        if not self._all_referenced:
+            state["has_reference"] = has_reference
+            self._all_referenced = all(has_reference)
         state["initial_losses"] = initial
         state["relative_losses"] = relative
         state["num_steps"] += 1
@@ -357,6 +374,11 @@ class LossWeighting:
                 continue
             if not math.isfinite(value) or value < 0:
                 return f"Loss `{name}` should be finite and non-negative. Found `{name} = {value}`."
+            if value == 0 and self.requires_positive_losses:
+                return (
+                    f"Loss `{name}` should be positive ({type(self).__name__} is undefined "
+                    f"at 0). Found `{name} = {value}`."
+                )
             if not has_reference:
                 reference = value
             if not reference_ok(reference):
@@ -400,13 +422,14 @@ class LossWeighting:
         relative_new = values / safe_reference
         ok = (
             torch.isfinite(values)
-            & (values >= 0)
+            & ((values > 0) if self.requires_positive_losses else (values >= 0))
             & positive
             & torch.isfinite(1.0 / safe_reference)
             & torch.isfinite(relative_new)
         )
         valid = (ok | ~here).all()
-        if self._strict and not bool(valid):  # strict=True reads `valid` back by design
+        # strict=True reads `valid` back by design; numbers only were on the host anyway.
+        if (self._strict or batch.device is None) and not bool(valid):
             error = self._host_invalid(
                 {"has_reference": [True] * n, "initial_losses": reference.tolist()},
                 values.tolist(),
@@ -414,7 +437,8 @@ class LossWeighting:
             )
             raise ValueError(f"{error} The weighting state was left unchanged.")
         relative = torch.where(here, relative_new, state["relative_losses"])
-        new = self._update(state, relative, mask)
+        extra = {"losses": values} if self.update_takes_losses else {}
+        new = self._update(state, relative, mask, **extra)
         new["initial_losses"] = torch.where(here & ~has_reference, values, state["initial_losses"])
         new["has_reference"] = has_reference | here
         new["relative_losses"] = relative
