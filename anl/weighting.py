@@ -120,7 +120,9 @@ class LossWeighting:
         Every argument is either host-form (lists of floats) or device-form (tensors), and
         the result must be of the same form. ``present`` is ``None`` when every loss was
         given. Device-form code must not read a value back (no ``.item()``, no branch on a
-        tensor).
+        tensor). A rule that needs the losses themselves, not only their ratios to
+        :math:`L_i(0)`, reads ``self._step_losses``: this step's detached losses in the same
+        form (cross-rank means under ``distributed``; NaN where absent).
         """
         raise NotImplementedError
 
@@ -335,6 +337,7 @@ class LossWeighting:
             state["num_skipped"] += 1
             self._history.append((*values, *state["relative_losses"], *state["weights"], 0.0))
             return state["weights"]
+        self._step_losses = values
         state.update(self._update(state, relative, present))
         state["initial_losses"] = initial
         state["relative_losses"] = relative
@@ -412,6 +415,7 @@ class LossWeighting:
             )
             raise ValueError(f"{error} The weighting state was left unchanged.")
         relative = torch.where(here, relative_new, state["relative_losses"])
+        self._step_losses = values
         new = self._update(state, relative, mask)
         new["initial_losses"] = torch.where(here & ~has_reference, values, state["initial_losses"])
         new["has_reference"] = has_reference | here
