@@ -10,7 +10,16 @@ Sec. 3.2, Eq. 6-11, whose arithmetic :mod:`anl.functional` states as pure functi
 from anl import functional
 from anl.balancer import AdaptiveLossBalancer
 from anl.constant import ConstantWeights
+from anl.rules.imtl import IMTLL
+from anl.rules.uncertainty import UncertaintyWeighting
 from anl.weighting import LossWeighting
 
-__all__ = ["AdaptiveLossBalancer", "ConstantWeights", "LossWeighting", "functional"]
+__all__ = [
+    "IMTLL",
+    "AdaptiveLossBalancer",
+    "ConstantWeights",
+    "LossWeighting",
+    "UncertaintyWeighting",
+    "functional",
+]
 __version__ = "0.2.0.dev0"

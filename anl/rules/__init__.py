@@ -1,0 +1,1 @@
+"""Loss-weighting rules beyond the Adaptive Normalization Loss, each a :class:`anl.LossWeighting`."""
