@@ -10,11 +10,13 @@ Sec. 3.2, Eq. 6-11, whose arithmetic :mod:`anl.functional` states as pure functi
 from anl import functional
 from anl.balancer import AdaptiveLossBalancer
 from anl.constant import ConstantWeights
+from anl.rules.famo import FAMO
 from anl.rules.imtl import IMTLL
 from anl.rules.uncertainty import UncertaintyWeighting
 from anl.weighting import LossWeighting
 
 __all__ = [
+    "FAMO",
     "IMTLL",
     "AdaptiveLossBalancer",
     "ConstantWeights",
