@@ -82,12 +82,19 @@ class UncertaintyWeighting(LearnedScales):
         initial_log_vars: :math:`s(0)`, a number or one per loss (default 0).
         strict: for tensor losses, raise on invalid values instead of masking (synchronises).
         distributed: average the detached losses across ranks (for the recorded losses and
-            history; :math:`s` itself needs its gradients averaged, see the guide).
+            history; :math:`s` itself needs its gradients averaged: see below).
         history_size: keep this many newest steps of :meth:`history` (``None``: all).
         dtype: the state's and the parameter's dtype (default float64).
 
     The :mod:`module documentation <anl.rules.uncertainty>` lists the open choices, and what
     happens to an absent loss.
+
+    Under :class:`~torch.nn.parallel.DistributedDataParallel`, DDP averages the gradients of
+    the module it wraps only: make the weighting a submodule of that module (its
+    ``forward`` may call ``self.weighting(losses)``), or average the gradients of
+    ``weighting.parameters()`` across ranks yourself (``all_reduce`` then divide by the world
+    size) before the optimiser step. Otherwise each rank's :math:`s` follows its own shard
+    and the ranks drift apart.
 
     Example:
         >>> import torch
