@@ -413,3 +413,71 @@ def check_other_device_is_refused_first(spec):
     after = LossWeighting.state_dict(weighting)
     assert after["state"]["num_calls"] == before["state"]["num_calls"] == 1
     assert torch.equal(after["state"]["history"], before["state"]["history"])
+
+
+_DELETE = object()
+
+
+def state_dict_edits(spec):
+    """Hypothesis strategy: up to three edits (type swaps, shapes, values, deletions) of a
+    library-format state dict of ``spec``'s rule."""
+    keys = st.sampled_from(
+        [
+            ("state", spec.parameter),
+            ("state", "weights"),
+            ("state", "initial_losses"),
+            ("state", "num_steps"),
+            ("state", "num_calls"),
+            ("state", "history"),
+            ("hyperparameters", "rule"),
+            ("hyperparameters", "names"),
+            ("hyperparameters", "strict"),
+            ("hyperparameters", "likelihoods"),
+        ]
+    )
+    values = st.one_of(
+        st.just(_DELETE),
+        st.none(),
+        st.booleans(),
+        st.integers(-3, 5),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from(["plain", "gaussian", ["softmax", "plain"], ["a", "b"]]),
+        st.lists(st.floats(-2, 2), max_size=3),
+        st.builds(
+            lambda v, n: torch.full((n,), v, dtype=torch.float64),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.integers(0, 3),
+        ),
+        st.builds(lambda v: torch.tensor(v), st.integers(-3, 5)),
+        st.builds(
+            lambda r, c: torch.rand(r, c, dtype=torch.float64), st.integers(0, 3), st.integers(0, 8)
+        ),
+    )
+    return st.lists(st.tuples(keys, values), min_size=1, max_size=3)
+
+
+def check_fuzz_load(spec, edits):
+    """Either a one-line error with nothing changed (parameter included), or a usable state."""
+    weighting = spec.make("host", ["a", "b"])
+    weighting.step(tensors([3.0, 1.0]))
+    before = snapshot(weighting)
+    parameter = getattr(weighting, spec.parameter).detach().clone()
+    source = spec.make("host", ["a", "b"], **{spec.initial: [0.5, -0.5]})
+    for row in ([2.0, 1.0], [1.0, 3.0], [0.5, 2.0]):
+        source.step(tensors(row))
+    state_dict = source.state_dict()
+    for (section, key), value in edits:
+        if value is _DELETE:
+            state_dict[section].pop(key, None)
+        else:
+            state_dict[section][key] = value
+    try:
+        weighting.load_state_dict(state_dict)
+    except (ValueError, TypeError) as error:
+        assert str(error) and "\n" not in str(error)
+        assert snapshot(weighting) == before
+        assert torch.equal(getattr(weighting, spec.parameter), parameter)
+        return
+    assert torch.isfinite(getattr(weighting, spec.parameter)).all()
+    total = weighting.step(tensors([1.0, 1.0]))
+    assert torch.isfinite(total) and torch.isfinite(weighting.weights).all()

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anl import IMTLL, UncertaintyWeighting
@@ -168,3 +168,9 @@ def test_losses_on_another_device_are_refused_first():
 def test_bad_constructor_arguments(kwargs):
     with pytest.raises((ValueError, TypeError)):
         IMTLL(2, **kwargs)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(helpers.state_dict_edits(SPEC))
+def test_fuzz_load_state_dict_is_a_clear_error_with_state_unchanged_or_a_valid_state(edits):
+    helpers.check_fuzz_load(SPEC, edits)
