@@ -1,7 +1,7 @@
 r"""FAMO: Liu, Feng, Stone and Liu, "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023.
 
-FAMO decreases every loss at about the same *relative* rate, from the loss values alone (O(1)
-space and time in the number of losses: no per-task gradients). It keeps logits :math:`\xi`
+FAMO decreases every loss at about the same *relative* rate, from the loss values alone (no
+per-task gradient: the paper's O(1) space and time). It keeps logits :math:`\xi`
 and task weights :math:`z = \mathrm{softmax}(\xi)`. At a step, :meth:`FAMO.step` returns
 
 .. math::
@@ -63,7 +63,7 @@ The choices the paper leaves open, and ours:
         famo.update(losses(model, batch))   # same batch, after the step
 
 ``update`` without a ``step`` since the last ``update`` raises :class:`RuntimeError`. A
-``step`` that follows a ``step`` (no ``update`` in between) warns once and replaces the
+``step`` that follows a ``step`` (no ``update`` in between) warns and replaces the
 recorded losses: the logits do not move for the earlier step. An ``update`` after a masked
 step (invalid tensor losses), or with invalid tensor losses itself, changes nothing but
 :attr:`FAMO.num_updates_skipped`; with numbers only, or ``strict=True``, invalid losses raise.
