@@ -293,6 +293,7 @@ class FAMO(LossWeighting):
     # ------------------------------------------------------------------------ step
     def step(self, losses: Losses) -> Tensor | float:
         """Record the losses and return FAMO's total for them (see the class documentation)."""
+        self._reference = None  # only this step's _update may set it
         total = super().step(losses)
         if self._awaiting_update:
             warnings.warn(
@@ -302,6 +303,12 @@ class FAMO(LossWeighting):
             )
         self._awaiting_update = True
         return total
+
+    def combine(self, losses: Losses) -> Tensor | float:
+        """FAMO's total for ``losses`` with the current weights, updating nothing (its
+        :math:`c` and :math:`D` from these losses)."""
+        self._reference = None
+        return super().combine(losses)
 
     def _update(
         self,

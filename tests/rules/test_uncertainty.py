@@ -240,7 +240,7 @@ def test_bad_constructor_arguments(kwargs, match):
         UncertaintyWeighting(2, **kwargs)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(helpers.state_dict_edits(SPEC))
 def test_fuzz_load_state_dict_is_a_clear_error_with_state_unchanged_or_a_valid_state(edits):
     helpers.check_fuzz_load(SPEC, edits)
