@@ -5,22 +5,28 @@ The core is :class:`AdaptiveLossBalancer`, the Adaptive Normalization Loss of Zh
 Sec. 3.2, Eq. 6-11, whose arithmetic :mod:`anl.functional` states as pure functions.
 :class:`ConstantWeights` is its fixed-weight sibling with the same interface, for baselines;
 :class:`LossWeighting` is the base class of every rule. :mod:`anl.rules` holds the rules
-users compare ANL with (DWA, RLW, GLS, SoftAdapt, ReLoBRaLo), exported here too.
+users compare ANL with (DWA, RLW, GLS, SoftAdapt, ReLoBRaLo, uncertainty weighting, IMTL-L,
+FAMO), exported here too.
 """
 
 from anl import functional
 from anl.balancer import AdaptiveLossBalancer
 from anl.constant import ConstantWeights
 from anl.rules import (
+    FAMO,
+    IMTLL,
     DynamicWeightAverage,
     GeometricLossStrategy,
     RandomLossWeighting,
     ReLoBRaLo,
     SoftAdapt,
+    UncertaintyWeighting,
 )
 from anl.weighting import LossWeighting
 
 __all__ = [
+    "FAMO",
+    "IMTLL",
     "AdaptiveLossBalancer",
     "ConstantWeights",
     "DynamicWeightAverage",
@@ -29,6 +35,7 @@ __all__ = [
     "RandomLossWeighting",
     "ReLoBRaLo",
     "SoftAdapt",
+    "UncertaintyWeighting",
     "functional",
 ]
 __version__ = "0.2.0.dev0"

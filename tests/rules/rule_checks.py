@@ -135,7 +135,7 @@ def snapshot(rule):
 def rule_state(rule):
     """The state fields that a masked step must leave alone (all but the call counters)."""
     state = rule.state_dict()["state"]
-    skip = {"num_skipped", "num_calls", "history"}
+    skip = {"num_skipped", "history"}
     return {k: v.tolist() for k, v in state.items() if k not in skip}
 
 
