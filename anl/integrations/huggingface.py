@@ -31,7 +31,7 @@ raises one ``ModuleNotFoundError`` that says so.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
@@ -84,6 +84,11 @@ class BalancedLossMixin:
         loss_fn: ``(outputs, inputs) -> {name: loss}``: the model's outputs (what
             ``model(**inputs)`` returns) and the batch, to 0-dim loss tensors (a ``None`` or
             missing loss is absent at this step, as for ``balancer.step``).
+        model_inputs: the keys of the batch that go to the model (default: all of them);
+            the others (targets of the extra losses, teacher outputs, ...) reach ``loss_fn``
+            only. Pass ``TrainingArguments(remove_unused_columns=False)`` with it: by default
+            the Trainer drops the batch keys that the model's ``forward`` does not take
+            before the batch reaches ``compute_loss``.
         log_prefix: put before the logged keys.
         *args, **kwargs: the ``Trainer``'s (``compute_loss_func`` is refused: ``loss_fn``
             computes the loss).
@@ -97,6 +102,7 @@ class BalancedLossMixin:
         *args: Any,
         balancer: LossWeighting,
         loss_fn: LossFn,
+        model_inputs: Collection[str] | None = None,
         log_prefix: str = "",
         **kwargs: Any,
     ) -> None:
@@ -109,6 +115,13 @@ class BalancedLossMixin:
             raise TypeError(
                 f"Parameter `loss_fn` should be callable. Found `loss_fn = {loss_fn!r}`."
             )
+        if model_inputs is not None and (
+            isinstance(model_inputs, str) or not all(isinstance(k, str) for k in model_inputs)
+        ):
+            raise TypeError(
+                "Parameter `model_inputs` should be a collection of batch keys. "
+                f"Found `model_inputs = {model_inputs!r}`."
+            )
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError(
                 "Parameter `compute_loss_func` cannot be combined with `loss_fn`: the balanced "
@@ -117,6 +130,7 @@ class BalancedLossMixin:
         super().__init__(*args, **kwargs)
         self.balancer = balancer
         self.loss_fn = loss_fn
+        self.model_inputs = None if model_inputs is None else frozenset(model_inputs)
         self.log_prefix = str(log_prefix)
         # The total is a per-micro-batch mean: let the Trainer divide it by the accumulation
         # steps (the first attribute decides in transformers 5, the second before it).
@@ -130,8 +144,12 @@ class BalancedLossMixin:
         return_outputs: bool = False,
         num_items_in_batch: Tensor | int | None = None,
     ) -> Tensor | tuple[Tensor, Any]:
-        """``model(**inputs)``, then the weighted total of ``loss_fn(outputs, inputs)``."""
-        outputs = model(**inputs)
+        """``model(**inputs)`` (the ``model_inputs`` keys only, when given), then the
+        weighted total of ``loss_fn(outputs, inputs)``."""
+        if self.model_inputs is None:
+            outputs = model(**inputs)
+        else:
+            outputs = model(**{k: v for k, v in inputs.items() if k in self.model_inputs})
         losses = self.loss_fn(outputs, inputs)
         training = model.training and torch.is_grad_enabled()
         if training and self.accelerator.sync_gradients:  # the micro-batch that steps

@@ -8,6 +8,7 @@ steps the balancer once per optimiser step.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -148,6 +149,21 @@ def test_gradient_accumulation_steps_the_balancer_once_per_optimiser_step(tmp_pa
     assert calls == ["combine", "step", "combine", "step"]
 
 
+def test_model_inputs_keep_the_other_keys_for_loss_fn(tmp_path):
+    seen = []
+
+    def with_extra_target(outputs, inputs):
+        seen.append(sorted(inputs))
+        return {"mse": nn.functional.mse_loss(outputs["logits"], inputs["target"]), "l1": None}
+
+    trainer = _trainer(tmp_path, max_steps=1, save_strategy="no", remove_unused_columns=False)
+    trainer.train_dataset = [{**row, "target": row["labels"]} for row in _dataset()]
+    trainer.loss_fn, trainer.model_inputs = with_extra_target, {"x", "labels"}
+    _train(trainer)  # TinyModel.forward has no `target`
+    assert seen == [["labels", "target", "x"]]
+    assert math.isnan(trainer.balancer.history()["losses"][0, 1])  # `l1` absent at this step
+
+
 def test_resuming_a_checkpoint_without_balancer_file_is_an_error(tmp_path):
     trainer = _trainer(tmp_path, max_steps=1, save_steps=1)
     _train(trainer)
@@ -164,6 +180,14 @@ def test_arguments_are_checked(tmp_path):
     model = TinyModel(TinyConfig())
     with pytest.raises(TypeError, match="anl weighting"):
         BalancedTrainer(model=model, args=args, balancer=object(), loss_fn=losses)
+    with pytest.raises(TypeError, match="model_inputs"):
+        BalancedTrainer(
+            model=model,
+            args=args,
+            balancer=AdaptiveLossBalancer(NAMES),
+            loss_fn=losses,
+            model_inputs="x",
+        )
     with pytest.raises(TypeError, match="loss_fn"):
         BalancedTrainer(model=model, args=args, balancer=AdaptiveLossBalancer(NAMES), loss_fn=1)
     with pytest.raises(ValueError, match="compute_loss_func"):
