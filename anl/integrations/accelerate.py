@@ -46,10 +46,10 @@ except ModuleNotFoundError as error:  # pragma: no cover - exercised in a subpro
 
 __all__ = ["balanced_loss", "register_balancer"]
 
-W = TypeVar("W", bound=LossWeighting)
+_W = TypeVar("_W", bound=LossWeighting)
 
 
-def register_balancer(accelerator: accelerate.Accelerator, balancer: W) -> W:
+def register_balancer(accelerator: accelerate.Accelerator, balancer: _W) -> _W:
     """Register ``balancer`` for ``accelerator.save_state``/``load_state``; return it.
 
     accelerate loads registered states with ``torch.load(weights_only=False)``, i.e. it

@@ -90,8 +90,9 @@ class BalancedLossMixin:
             the Trainer drops the batch keys that the model's ``forward`` does not take
             before the batch reaches ``compute_loss``.
         log_prefix: put before the logged keys.
-        *args, **kwargs: the ``Trainer``'s (``compute_loss_func`` is refused: ``loss_fn``
-            computes the loss).
+        *args: the ``Trainer``'s positional arguments.
+        **kwargs: the ``Trainer``'s keyword arguments (``compute_loss_func`` is refused:
+            ``loss_fn`` computes the loss).
     """
 
     balancer: LossWeighting
