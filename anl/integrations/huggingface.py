@@ -160,7 +160,7 @@ class BalancedLossMixin:
         if not isinstance(total, Tensor):
             raise TypeError(
                 "Parameter `loss_fn` should return tensors (the model's losses, with their "
-                f"graphs). Found `{losses!r}`."
+                f"graphs). Found no tensor among them (total {total!r})."
             )
         return (total, outputs) if return_outputs else total
 

@@ -53,6 +53,9 @@ def balanced_loss(
     ``balancer.combine(losses)``, the current weights without an update.
     """
     trainer = module.trainer
+    # `_should_accumulate` is how Lightning itself decides whether this batch's backward is
+    # followed by an optimiser step (accumulate_grad_batches, the epoch's last batch, and
+    # strategies that accumulate on their own); it is always False in manual optimisation.
     if trainer.training and not trainer.fit_loop._should_accumulate():
         return balancer.step(losses)
     return balancer.combine(losses)
