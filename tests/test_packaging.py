@@ -40,6 +40,12 @@ DIST_NAME = "adaptive-normalization-loss"
 # The torch that pip takes from this machine's disk (the CPU build); the README pins the same.
 TORCH_PIN = "torch==2.13.0"
 USER_EXTRAS = {"testing", "mtard", "autoattack", "tensorboard"}
+# The framework integrations: one extra per framework, not in `all`, all in `dev` (CI).
+FRAMEWORK_EXTRAS = {
+    "lightning": {"pytorch-lightning"},
+    "transformers": {"transformers", "accelerate"},
+    "accelerate": {"accelerate"},
+}
 DEV_TOOLS = {"pytest", "ruff", "build", "twine", "trove-classifiers", "mutmut"}
 DOCS_TOOLS = {"mkdocs", "mkdocs-material", "mkdocstrings-python"}
 
@@ -173,6 +179,10 @@ def test_extras(requirements, metadata):
     assert requirements["autoattack"] == {"pyautoattack"}
     assert requirements["tensorboard"] == {"tensorboard"}
     assert requirements["docs"] == DOCS_TOOLS
+    for extra, packages in FRAMEWORK_EXTRAS.items():
+        assert requirements[extra] == packages, extra
+        assert not packages & requirements["all"], extra
+        assert packages <= requirements["dev"], extra
     # `all` runs everything a user can run, and brings no developer tools.
     for extra in USER_EXTRAS:
         assert requirements[extra] <= requirements["all"], extra
@@ -180,7 +190,7 @@ def test_extras(requirements, metadata):
     assert {"hypothesis"} | DEV_TOOLS | DOCS_TOOLS <= requirements["dev"]
     # A compatible range, not a pin.
     for req in map(Requirement, metadata.get_all("Requires-Dist")):
-        if req.name == "pyautoattack":
+        if req.name in ("pyautoattack", "pytorch-lightning", "transformers", "accelerate"):
             assert not any(s.operator in ("==", "===") for s in req.specifier), req
 
 
@@ -253,7 +263,8 @@ def test_wheel_installs_with_core_dependencies_only(dist, metadata, tmp_path):
     installed = _run(python, "-m", "pip", "list", "--format=freeze")
     names = {canonicalize_name(line.split("==")[0]) for line in installed.split()}
     assert DIST_NAME in names
-    for optional in ("hypothesis", "tqdm", "matplotlib", "pyautoattack", "tensorboard"):
+    optional_packages = ("hypothesis", "tqdm", "matplotlib", "pyautoattack", "tensorboard")
+    for optional in (*optional_packages, "pytorch-lightning", "transformers", "accelerate"):
         assert optional not in names, f"{optional} came with the core install:\n{installed}"
 
     check = (
