@@ -78,9 +78,19 @@ def count_correct(
     limits: Mapping[str, int] | None = None,
     world_size: int = 1,
 ) -> Counts:
-    """Count the correct clean and adversarial predictions of ``model`` (run as it is: the
+    r"""Count the correct clean and adversarial predictions of ``model`` (run as it is: the
     caller sets its mode and layout) over ``batches`` of ``(x, y, ids)``.
 
+    Over the points :math:`i` of the batches, and for each attack :math:`A` over those it
+    runs on:
+
+    .. math::
+
+        \text{clean} = \sum_i [f(x_i) = y_i], \quad
+        \text{robust}_A = \sum_i [f(x_i) = y_i]\,[f(A(x_i)) = y_i], \quad
+        \text{adv}_A = \sum_i [f(A(x_i)) = y_i],
+
+    from which :meth:`AttackCounts.accuracies` and :func:`w_robust` (paper Eq. 12) follow.
     For each batch the clean prediction is computed once (without a graph), then each attack
     of ``attacks`` gives ``x_adv`` on the points whose dataset index is below its entry of
     ``limits`` (all points without one). When ``torch.distributed`` is initialised and

@@ -5,13 +5,15 @@
   device, and :func:`in_memory_format` gives a network in that layout without touching the
   caller's;
 - :func:`model_mode` sets train or eval mode for a block and restores every submodule's flag;
-- :func:`torch_threads` sets ``torch.set_num_threads`` for a block.
+- :func:`torch_threads` sets ``torch.set_num_threads`` for a block, and
+  :func:`deterministic_algorithms` torch's deterministic mode.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections.abc import Iterator
 from typing import Literal
 
@@ -110,3 +112,21 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """With ``enabled``, ``torch.use_deterministic_algorithms(True)`` and cuDNN's autotuner off
+    for a block (and the cuBLAS workspace that determinism needs); restored on exit."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    previous_benchmark = torch.backends.cudnn.benchmark
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn_only)
+        torch.backends.cudnn.benchmark = previous_benchmark

@@ -39,7 +39,6 @@ Under ``torchrun`` (``docs/distributed.md``) the run is data-parallel (:mod:`.bu
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -55,7 +54,7 @@ from ..checks import check_int, fail
 from ..data.registry import DATASETS, ImageData
 from ..evaluation.validation import validate
 from ..methods.registry import METHODS, build_weighting
-from ..runtime.execution import resolve_memory_format
+from ..runtime.execution import deterministic_algorithms, resolve_memory_format
 from ..runtime.files import atomic_save, atomic_write_text, json_finite
 from ..runtime.optional import progress_bar, progress_write
 from ..runtime.process import (
@@ -128,20 +127,9 @@ def train(
     if stop_after_epochs is not None:
         check_int("stop_after_epochs", stop_after_epochs, minimum=0)
 
-    previous_deterministic = torch.are_deterministic_algorithms_enabled()
-    previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    previous_benchmark = torch.backends.cudnn.benchmark
-    if config.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    try:
-        with distributed_session(config.device):
-            trainer = Trainer(config, run_dir, progress=progress, train_data=train_data)
-            return trainer.run(resume=resume, stop_after_epochs=stop_after_epochs)
-    finally:
-        torch.use_deterministic_algorithms(previous_deterministic, warn_only=previous_warn_only)
-        torch.backends.cudnn.benchmark = previous_benchmark
+    with deterministic_algorithms(config.deterministic), distributed_session(config.device):
+        trainer = Trainer(config, run_dir, progress=progress, train_data=train_data)
+        return trainer.run(resume=resume, stop_after_epochs=stop_after_epochs)
 
 
 class Trainer:
