@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..attacks.registry import ATTACK_NAMES, make_attack
+from ..attacks.registry import ATTACK_NAMES, TRANSFER_ATTACKS, make_attack
 from ..checks import fail
 from ..data.registry import DATASETS
 from ..methods.context import TEACHER_ROLES
@@ -81,7 +81,7 @@ _CHECKPOINTS = ("best", "final")
 def needed_teachers(document: Mapping[str, Any]) -> list[str]:
     """Roles of the teachers the document's methods and transfer attacks need."""
     needed = {role for method in document["methods"] for role in METHODS[method].teachers}
-    if any(a.startswith("transfer_") for a in document["evaluation"].get("attacks", [])):
+    if set(TRANSFER_ATTACKS) & set(document["evaluation"].get("attacks", [])):
         needed.add("adv")
     return [role for role in TEACHER_ROLES if role in needed]
 
@@ -219,7 +219,7 @@ def _validate_evaluation(evaluation: Mapping[str, Any]) -> None:
     for name, values in overrides.items():
         make_attack(name, eps=0.1, surrogate=nn.Identity(), **values)  # unknown keys raise
     limits = evaluation.get("attack_n_examples", {})
-    direct = [a for a in attacks if not a.startswith("transfer_")]
+    direct = [a for a in attacks if a not in TRANSFER_ATTACKS]
     if not isinstance(limits, dict) or not set(limits) <= set(direct):
         fail(
             "profile['evaluation']['attack_n_examples']",

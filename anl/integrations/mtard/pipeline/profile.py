@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks.registry import TEACHERS_TABLE_ATTACKS
+from ..attacks.registry import TEACHERS_TABLE_ATTACKS, TRANSFER_ATTACKS
 from ..checks import fail
 from ..data.registry import DATASETS, DatasetInfo
 from ..methods.registry import METHOD_ORDER
@@ -66,7 +66,7 @@ class EvalSettings:
     @property
     def transfer(self) -> tuple[str, ...]:
         """The transfer attacks among :attr:`attacks` (crafted once on the adversarial teacher)."""
-        return tuple(a for a in self.attacks if a.startswith("transfer_"))
+        return tuple(a for a in self.attacks if a in TRANSFER_ATTACKS)
 
     @property
     def teachers_attacks(self) -> tuple[str, ...]:
