@@ -1,15 +1,15 @@
 """How many images per second do the evaluation attacks process? PGD-20 and CW-inf.
 
 For each student (``small_cnn`` on Fashion-MNIST shapes, ``resnet18`` on CIFAR shapes) and each
-attack of the paper's protocol (:func:`~anl.integrations.mtard.attacks.protocol`):
+attack of the paper's protocol (:func:`~anl.integrations.mtard.attacks.registry.protocol`):
 
 - ``pgd_sat``: 20 steps of ``eps / 4``, uniform start, cross-entropy (PGD-20);
 - ``cw_inf``: 30 steps of ``eps / 4`` on the CW margin, confidence 50;
 
 two candidates are timed interleaved on the same batch:
 
-- ``ours``: :func:`~anl.integrations.mtard.attacks.pgd` (gradient w.r.t. the input only) on
-  the model in the layout :func:`~anl.integrations.mtard.evaluation.evaluate` uses by
+- ``ours``: :func:`~anl.integrations.mtard.attacks.gradient.pgd` (gradient w.r.t. the input only) on
+  the model in the layout :func:`~anl.integrations.mtard.evaluation.robustness.evaluate` uses by
   default (``memory_format="auto"``: channels-last on CPU, contiguous on GPUs);
 - ``ours_contiguous``: the same attack on the contiguous model (the layout's share of the
   gain);
@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anl.integrations.mtard.attacks import pgd, protocol
-from anl.integrations.mtard.config import in_memory_format, resolve_memory_format
+from anl.integrations.mtard.attacks.gradient import pgd
+from anl.integrations.mtard.attacks.registry import protocol
 from anl.integrations.mtard.models import build_model
+from anl.integrations.mtard.runtime.execution import in_memory_format, resolve_memory_format
 from benchmarks.timing import (
     base_parser,
     parse_args,

@@ -2,7 +2,7 @@
 
 Each configuration ``JxT`` (``J`` worker processes of ``T`` torch threads each;
 ``1xT`` is the sequential pipeline) runs the same profile end to end into a fresh temporary
-directory, through :func:`~anl.integrations.mtard.reproduce.reproduce` without figures or
+directory, through :func:`~anl.integrations.mtard.pipeline.reproduce.reproduce` without figures or
 progress bars. With ``--repeats R`` the configurations run ``R`` rounds, the order rotated
 each round so that no configuration always runs first. Before each run the benchmark waits
 for an idle CPU (``--wait-idle``), because one run here is minutes of both cores.
@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from anl.integrations.mtard.profiles import apply_overrides, load_profile
-from anl.integrations.mtard.reproduce import reproduce
+from anl.integrations.mtard.pipeline.profile import Profile
+from anl.integrations.mtard.pipeline.reproduce import reproduce
 from benchmarks.timing import (
     WAIT_IDLE,
     base_parser,
@@ -60,7 +60,7 @@ def parse_config(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def run_once(profile: dict[str, Any], jobs: int, threads: int, out: Path) -> dict[str, Any]:
+def run_once(profile: Profile, jobs: int, threads: int, out: Path) -> dict[str, Any]:
     """One end-to-end ``reproduce`` into ``out``: wall time, stage time, tables."""
     start = time.perf_counter()
     results = reproduce(
@@ -83,7 +83,7 @@ def run_once(profile: dict[str, Any], jobs: int, threads: int, out: Path) -> dic
 
 
 def measure(
-    profile: dict[str, Any], configs: list[tuple[int, int]], *, repeats: int, scratch: Path
+    profile: Profile, configs: list[tuple[int, int]], *, repeats: int, scratch: Path
 ) -> list[dict[str, Any]]:
     """Run every configuration ``repeats`` times, rotating the order each round."""
     samples: dict[tuple[int, int], list[dict[str, Any]]] = {c: [] for c in configs}
@@ -135,16 +135,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(parser, argv)
     if len(set(args.configs)) != len(args.configs):
         parser.error(f"--configs repeats a configuration: {args.configs}")
-    profile = apply_overrides(load_profile(args.profile), device=args.device)
+    profile = Profile.load(args.profile).with_overrides(device=args.device)
     print_machine()
     with tempfile.TemporaryDirectory(prefix=f"{NAME}-") as scratch:
         rows = measure(profile, args.configs, repeats=args.repeats, scratch=Path(scratch))
     print_table(
-        f"{NAME}: profile {profile['name']!r}, median of {args.repeats} run(s) per "
+        f"{NAME}: profile {profile.name!r}, median of {args.repeats} run(s) per "
         f"configuration (JOBSxTHREADS; reference {rows[0]['config']})",
         [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
     )
-    write_results(args.out, NAME, {"profile": profile["name"], "rows": rows}, args)
+    write_results(args.out, NAME, {"profile": profile.name, "rows": rows}, args)
     return rows
 
 

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from anl.integrations.mtard.folding import FoldedEvalView
-from anl.integrations.mtard.losses import kl_official
+from anl.integrations.mtard.methods.losses import kl_official
+from anl.integrations.mtard.models.folding import FoldedEvalView
 from benchmarks.timing import (
     base_parser,
     parse_args,

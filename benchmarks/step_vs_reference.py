@@ -3,7 +3,7 @@
 Candidates, timed interleaved on the same models, batch and machine:
 
 - ``ours``: the training code path (:mod:`benchmarks.workloads`): ``METHODS["mtard"]``, the
-  input-gradient-only attack :func:`~anl.integrations.mtard.attacks.pgd`, frozen and
+  input-gradient-only attack :func:`~anl.integrations.mtard.attacks.gradient.pgd`, frozen and
   BatchNorm-folded teachers (``loop.prepare_teacher``), the sync-free
   :class:`anl.AdaptiveLossBalancer`, no ``.item()``;
 - ``reference``: :class:`benchmarks.reference_mtard.ReferenceMTARD`, the official code's step

@@ -17,10 +17,10 @@ The images are uniform random in [0, 1] and the labels random (seeded): the cost
 not depend on the pixel values, and the benchmarks need no dataset. Networks are freshly
 initialised (seeded); teachers are untrained, which changes nothing in the cost either.
 
-"Our step" is the training code path itself: :data:`~anl.integrations.mtard.methods.METHODS`
-``["mtard"]`` (the attack is :func:`~anl.integrations.mtard.attacks.pgd` on the student's
-:class:`~anl.integrations.mtard.folding.FoldedEvalView`, as the loop runs it), teachers frozen by
-:func:`~anl.integrations.mtard.loop.prepare_teacher`, an :class:`anl.AdaptiveLossBalancer`, and
+"Our step" is the training code path itself: :data:`~anl.integrations.mtard.methods.registry.METHODS`
+``["mtard"]`` (the attack is :func:`~anl.integrations.mtard.attacks.gradient.pgd` on the student's
+:class:`~anl.integrations.mtard.models.folding.FoldedEvalView`, as the loop runs it), teachers frozen by
+:func:`~anl.integrations.mtard.models.teachers.prepare_teacher`, an :class:`anl.AdaptiveLossBalancer`, and
 the four lines of the training loop (``weighting.step``, ``zero_grad(set_to_none=True)``,
 ``backward``, ``optimizer.step``) plus the loop's device-side log row. The reference is
 :class:`benchmarks.reference_mtard.ReferenceMTARD`.
@@ -38,9 +38,10 @@ import torch
 from torch import Tensor, nn
 
 from anl import AdaptiveLossBalancer
-from anl.integrations.mtard.folding import FoldedEvalView
-from anl.integrations.mtard.methods import METHODS, MethodContext, build_weighting
+from anl.integrations.mtard.methods.context import MethodContext
+from anl.integrations.mtard.methods.registry import METHODS, build_weighting
 from anl.integrations.mtard.models import build_model
+from anl.integrations.mtard.models.folding import FoldedEvalView
 from benchmarks.reference_mtard import ReferenceMTARD
 
 __all__ = ["WORKLOADS", "Workload", "build_workload", "make_optimizer"]
@@ -76,7 +77,7 @@ class Workload:
 
     ``student``, ``clean_teacher``, ``adv_teacher`` and ``x`` are plain contiguous NCHW, as the
     official code has them (the reference uses them). Our step uses copies in
-    ``memory_format`` (the training loop's :func:`~anl.integrations.mtard.loop.resolve_memory_format`)
+    ``memory_format`` (the training loop's :func:`~anl.integrations.mtard.runtime.execution.resolve_memory_format`)
     and the prepared teachers ``prepared_clean`` / ``prepared_adv`` (frozen, BatchNorm folded
     unless ``fold_bn=False``, in ``memory_format``).
     """
@@ -186,7 +187,7 @@ class Workload:
 
 
 def _log_row(losses: dict[str, Tensor], total: Tensor, weighting: AdaptiveLossBalancer) -> Tensor:
-    """As ``loop._Trainer._log_row``: detached losses, total, weights, relative losses."""
+    """As ``training.logs.StepRows.append``: detached losses, total, weights, relative losses."""
     values = torch.stack([v.detach().reshape(()) for v in losses.values()]).double()
     weights = torch.as_tensor(weighting.weights).reshape(-1).to(total.device, torch.float64)
     relative = (
@@ -219,7 +220,8 @@ def build_workload(
     "contiguous") are the training loop's options of the same names (``TrainConfig``); they
     apply to our step only.
     """
-    from anl.integrations.mtard.loop import prepare_teacher, resolve_memory_format
+    from anl.integrations.mtard.models.teachers import prepare_teacher
+    from anl.integrations.mtard.runtime.execution import resolve_memory_format
 
     if name not in WORKLOADS:
         raise ValueError(

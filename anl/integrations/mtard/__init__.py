@@ -1,47 +1,43 @@
 """The MTARD recipe (Zhao et al., ECCV 2022) on top of :mod:`anl`.
 
-Data flows one way: ``data -> models -> attacks -> methods -> loop -> evaluation -> reproduce``.
-Each piece is usable alone::
+Data flows one way (``docs/architecture.md``)::
 
-    from anl.integrations.mtard import build_model, evaluate, load_dataset, pgd
+    runtime -> data -> models -> attacks -> methods -> evaluation -> training -> pipeline -> cli
+
+Each piece is usable alone; the names below are the most used ones, each defined in the module
+named in its docstring::
+
+    from anl.integrations.mtard import build_model, evaluate, load_dataset
     model = build_model("small_cnn", num_classes=10)
     test = load_dataset("fashion_mnist", "test")
     results = evaluate(model, test, ["fgsm", "pgd_sat"], n_examples=500)
 
-The console script ``anl-mtard`` (``train``, ``evaluate``, ``reproduce``) wraps the same calls.
+The console script ``anl-mtard`` (``train``, ``evaluate``, ``reproduce``; also
+``python -m anl.integrations.mtard``) wraps the same calls.
 """
 
-from anl.integrations.mtard.attacks import (
-    ATTACKS,
-    autoattack,
-    cw_inf,
-    fgsm,
-    make_attack,
-    pgd,
-    protocol,
-    square,
-    transfer,
-)
-from anl.integrations.mtard.checkpoints import (
-    atomic_save,
+from anl.integrations.mtard.attacks.autoattack import autoattack
+from anl.integrations.mtard.attacks.gradient import cw_inf, fgsm, pgd, transfer
+from anl.integrations.mtard.attacks.registry import ATTACKS, make_attack, protocol
+from anl.integrations.mtard.attacks.square import square
+from anl.integrations.mtard.data.loader import BatchLoader, split_validation
+from anl.integrations.mtard.data.registry import DATASETS, ImageData, load_dataset
+from anl.integrations.mtard.evaluation.robustness import evaluate
+from anl.integrations.mtard.methods.context import MethodContext
+from anl.integrations.mtard.methods.registry import METHODS, build_weighting
+from anl.integrations.mtard.models import build_model, model_names
+from anl.integrations.mtard.models.checkpoint import (
     load_model,
     load_teacher,
     robustbench_path,
-    safe_load,
     save_model_checkpoint,
 )
-from anl.integrations.mtard.data import (
-    DATASETS,
-    BatchLoader,
-    ImageData,
-    load_dataset,
-    split_validation,
-)
-from anl.integrations.mtard.evaluation import evaluate, results_table, write_results
-from anl.integrations.mtard.loop import TrainConfig, train
-from anl.integrations.mtard.methods import METHODS, MethodContext, build_weighting
-from anl.integrations.mtard.models import build_model, model_names
-from anl.integrations.mtard.reproduce import load_profile
+from anl.integrations.mtard.pipeline.profile import Profile
+from anl.integrations.mtard.pipeline.reproduce import reproduce
+from anl.integrations.mtard.runtime.files import atomic_save, safe_load
+from anl.integrations.mtard.tables import results_table, write_results
+from anl.integrations.mtard.training.config import TrainConfig
+from anl.integrations.mtard.training.trainer import train
 
 __all__ = [
     "ATTACKS",
@@ -50,6 +46,7 @@ __all__ = [
     "BatchLoader",
     "ImageData",
     "MethodContext",
+    "Profile",
     "TrainConfig",
     "atomic_save",
     "autoattack",
@@ -60,12 +57,12 @@ __all__ = [
     "fgsm",
     "load_dataset",
     "load_model",
-    "load_profile",
     "load_teacher",
     "make_attack",
     "model_names",
     "pgd",
     "protocol",
+    "reproduce",
     "results_table",
     "robustbench_path",
     "safe_load",

@@ -1,9 +1,10 @@
-"""Figures from the CSV logs of training runs (:mod:`.loop`): the paper's Fig. 3 and 4, and more.
+"""Figures from the CSV logs of training runs (:mod:`.training.logs`): the paper's Fig. 3 and 4.
 
 All figures read plain dicts of NumPy arrays as :func:`read_log` returns them (one array per
 CSV column), so they work on any run directory without pandas. They are drawn with
 matplotlib's object-oriented API on the Agg canvas (no pyplot, no global backend change) and
-written as PNG files.
+written as PNG files. matplotlib (``pip install "anl[mtard]"``) is imported when a figure is
+drawn.
 
 - :func:`plot_total_loss`: the total training loss per epoch of several runs, with a zoom on
   the last epochs (paper Fig. 3: Baseline, Baseline+MT, MTARD, right panel the final 60 of 300
@@ -24,14 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = [
-    "plot_accuracy",
-    "plot_relative_losses",
-    "plot_run",
-    "plot_total_loss",
-    "plot_weights",
-    "read_log",
-]
+from .runtime.optional import require
 
 Log = Mapping[str, np.ndarray]
 
@@ -81,7 +75,7 @@ def _check_log(log: Log, needed: tuple[str, ...], what: str) -> None:
         )
 
 
-def _per_epoch(log: Log, column: str) -> tuple[np.ndarray, np.ndarray]:
+def per_epoch(log: Log, column: str) -> tuple[np.ndarray, np.ndarray]:
     """``(epochs, values)``: the column as is for an epochs log, averaged per epoch for a
     steps log (one that has a ``step`` column)."""
     _check_log(log, ("epoch", column), "log")
@@ -99,22 +93,21 @@ def _math(symbol: str, name: str) -> str:
 
 
 def _figure(ncols: int, *, width: float = 5.0, height: float = 3.6):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    figure = require("matplotlib.figure", "Figures (off with --no-plots)")
+    fig = figure.Figure(figsize=(width * ncols, height), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, axes
 
 
 def _epoch_axis(ax) -> None:
     """Label the x axis "epoch" with whole-number ticks (no 2.5 epochs)."""
-    from matplotlib.ticker import MaxNLocator
-
+    ticker = require("matplotlib.ticker", "Figures (off with --no-plots)")
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
 
 
-def _save(fig, out_path: str | Path) -> Path:
+def save_png(fig, out_path: str | Path) -> Path:
+    """Write ``fig`` as a PNG file (folders created); returns its path."""
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=120)
@@ -152,7 +145,7 @@ def plot_total_loss(
     last_epoch = 0.0
     series = {}
     for label, log in runs.items():
-        series[label] = _per_epoch(log, column)
+        series[label] = per_epoch(log, column)
         if len(series[label][0]):
             last_epoch = max(last_epoch, float(np.nanmax(series[label][0])))
     start = last_epoch - max(1.0, round(zoom_fraction * last_epoch)) + 1
@@ -167,7 +160,7 @@ def plot_total_loss(
         ax.set_ylabel(column)
         ax.grid(alpha=0.3)
     full.legend()
-    return _save(fig, out_path)
+    return save_png(fig, out_path)
 
 
 def plot_relative_losses(
@@ -193,7 +186,7 @@ def plot_relative_losses(
                 f"The log of run {label!r} should hold `rel_<loss>` columns. Found {list(log)}."
             )
         for name in names:
-            epochs, values = _per_epoch(log, name)
+            epochs, values = per_epoch(log, name)
             ax.plot(epochs, values, label=_math("\\tilde{L}", name[len("rel_") :]))
         ax.set_title(label)
         _epoch_axis(ax)
@@ -202,7 +195,7 @@ def plot_relative_losses(
         ax.legend()
     if title:
         fig.suptitle(title)
-    return _save(fig, out_path)
+    return save_png(fig, out_path)
 
 
 def plot_weights(log: Log, out_path: str | Path, *, title: str | None = "Loss weights") -> Path:
@@ -222,7 +215,7 @@ def plot_weights(log: Log, out_path: str | Path, *, title: str | None = "Loss we
     ax.set_title(title or "")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, out_path)
+    return save_png(fig, out_path)
 
 
 def plot_accuracy(
@@ -246,7 +239,7 @@ def plot_accuracy(
     # Below the axes: clean accuracy runs along the top, robust along the bottom, so any
     # corner inside would cover a curve.
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
-    return _save(fig, out_path)
+    return save_png(fig, out_path)
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:

@@ -12,20 +12,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from anl.integrations.mtard import attacks as A
-from anl.integrations.mtard.attacks import (
+from anl.integrations.mtard.attacks.autoattack import autoattack
+from anl.integrations.mtard.attacks.gradient import cw_inf, cw_margin_loss, fgsm, pgd, transfer
+from anl.integrations.mtard.attacks.registry import (
     ATTACK_NAMES,
     ATTACKS,
-    autoattack,
-    cw_inf,
-    cw_margin_loss,
-    fgsm,
+    BLACK_BOX,
+    DEFAULT_ATTACKS,
+    TEACHERS_TABLE_ATTACKS,
+    WHITE_BOX,
+    attack_title,
     make_attack,
-    pgd,
     protocol,
-    square,
-    transfer,
 )
+from anl.integrations.mtard.attacks.square import square, square_fraction
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -397,12 +397,12 @@ def test_square_schedule_follows_autoattack() -> None:
     expected = {0: p, 10: p, 11: p / 2, 50: p / 2, 51: p / 4, 201: p / 8, 501: p / 16}
     expected |= {1001: p / 32, 2001: p / 64, 4000: p / 64, 4001: p / 128, 4999: p / 128}
     for it, value in expected.items():
-        assert A._square_fraction(it, 5000, p) == value, it
+        assert square_fraction(it, 5000, p) == value, it
     # Other budgets stretch the schedule: 1000 queries -> thresholds at 2, 10, 40, ...
-    assert A._square_fraction(2, 1000, p) == p
-    assert A._square_fraction(3, 1000, p) == p / 2
-    assert A._square_fraction(999, 1000, p) == p / 128
-    assert A._square_fraction(20000, 10000, p) == p / 512
+    assert square_fraction(2, 1000, p) == p
+    assert square_fraction(3, 1000, p) == p / 2
+    assert square_fraction(999, 1000, p) == p / 128
+    assert square_fraction(20000, 10000, p) == p / 512
 
 
 def test_square_fools_non_robust_model_within_budget() -> None:
@@ -467,6 +467,21 @@ def test_protocol_values_and_scaling() -> None:
     assert fmnist["pgd_trades"]["step_size"] == pytest.approx(0.003 * 0.1 * 255 / 8)
     assert all(fmnist[name]["eps"] == 0.1 for name in ATTACK_NAMES)
     assert set(ATTACKS) == set(ATTACK_NAMES) == set(cifar)
+
+
+def test_one_registry_gives_every_group_title_and_table_order() -> None:
+    """The groups, titles and default sets are read from the attack specs, in table order."""
+    assert WHITE_BOX == ("fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack")
+    assert BLACK_BOX == ("transfer_pgd", "transfer_cw", "square")
+    assert ATTACK_NAMES == WHITE_BOX + BLACK_BOX
+    assert TEACHERS_TABLE_ATTACKS == ("fgsm", "pgd_sat", "pgd_trades", "cw_inf")
+    assert DEFAULT_ATTACKS == ("fgsm", "pgd_sat", "pgd_trades", "cw_inf", "square")
+    titles = {name: attack_title(name) for name in ATTACK_NAMES}
+    assert titles["transfer_pgd"] == "Transfer PGD_TRADES" and titles["cw_inf"] == "CW_inf"
+    assert attack_title("not_an_attack") == "not_an_attack"
+    for name, spec in ATTACKS.items():
+        assert spec.name == name and set(spec.settings(0.1)) <= spec.overridable, name
+        assert spec.transfer == name.startswith("transfer_"), name
 
 
 def test_registry_errors() -> None:
@@ -570,5 +585,5 @@ def test_autoattack_missing_package_hint(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setitem(sys.modules, "pyautoattack", None)
     model = mlp()
     x, y = batch(2)
-    with pytest.raises(ImportError, match=r"pip install anl\[autoattack\]"):
+    with pytest.raises(ImportError, match=r'pip install "anl\[autoattack\]"'):
         autoattack(model, x, y, eps=0.1)

@@ -10,25 +10,23 @@ import pytest
 import torch
 from torch import nn
 
-from anl.integrations.mtard.checkpoints import (
+from anl.integrations.mtard.models import build_model
+from anl.integrations.mtard.models.checkpoint import (
     FORMAT,
     VERSION,
-    atomic_save,
-    check_state_dict,
     load_model,
     load_teacher,
     robustbench_path,
-    safe_load,
     save_model_checkpoint,
-    strip_prefixes,
 )
-from anl.integrations.mtard.models import (
+from anl.integrations.mtard.models.normalization import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
-    build_model,
 )
+from anl.integrations.mtard.models.state_dict import check_state_dict, strip_prefixes
+from anl.integrations.mtard.runtime.files import atomic_save, safe_load
 
 
 def trained(model: nn.Module, in_channels: int | None = None, size: int = 16) -> nn.Module:

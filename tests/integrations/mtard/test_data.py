@@ -23,14 +23,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anl.integrations.mtard import data as data_mod
-from anl.integrations.mtard.data import (
-    DATASETS,
-    BatchLoader,
-    ImageData,
-    load_dataset,
-    split_validation,
-)
+from anl.integrations.mtard.data import cifar, fashion_mnist
+from anl.integrations.mtard.data.loader import BatchLoader, split_validation
+from anl.integrations.mtard.data.registry import DATASETS, ImageData, load_dataset
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -136,11 +131,11 @@ def _md5(path: Path) -> str:
 
 def _expect_source(monkeypatch, key: str, *, md5: str | None, train: int, test: int) -> None:
     """Point the loader's table at a test archive (its checksum and split sizes)."""
-    source = data_mod._CIFAR_SOURCES[key]
+    source = cifar.CIFAR_SOURCES[key]
     replaced = dataclasses.replace(
         source, md5=source.md5 if md5 is None else md5, train_size=train, test_size=test
     )
-    monkeypatch.setitem(data_mod._CIFAR_SOURCES, key, replaced)
+    monkeypatch.setitem(cifar.CIFAR_SOURCES, key, replaced)
 
 
 def _listing(root: Path) -> list[str]:
@@ -521,7 +516,7 @@ def test_fashion_mnist_corrupted_copy_rejected(tmp_path, where):
 
 
 def test_fashion_mnist_download(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "_DEBIAN_FASHION_DIR", tmp_path / "absent")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "absent")
     names = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
     files = {name: (DEBIAN_FASHION / name).read_bytes() for name in names}
     root = tmp_path / "data"
@@ -537,7 +532,7 @@ def test_fashion_mnist_download(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_download_with_wrong_content_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "_DEBIAN_FASHION_DIR", tmp_path / "absent")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "absent")
     labels = "t10k-labels-idx1-ubyte.gz"
     with gzip.open(DEBIAN_FASHION / labels) as handle:
         content = bytearray(handle.read())
@@ -554,17 +549,19 @@ def test_fashion_mnist_download_with_wrong_content_leaves_nothing(tmp_path, monk
 
 
 def test_idx_header_is_validated(tmp_path):
-    spec = data_mod._FASHION_FILES["test"][1]
+    spec = fashion_mnist.FILES["test"][1]
     good = struct.pack(">II", 2049, spec.count) + bytes(spec.count)
-    assert data_mod._parse_idx(good, tmp_path / "x", spec).shape == (spec.count,)
+    assert fashion_mnist.parse_idx(good, tmp_path / "x", spec).shape == (spec.count,)
     with pytest.raises(ValueError, match=r"magic should be 2049\. Found 2051"):
-        data_mod._parse_idx(
+        fashion_mnist.parse_idx(
             struct.pack(">II", 2051, spec.count) + bytes(spec.count), tmp_path / "x", spec
         )
     with pytest.raises(ValueError, match=r"dimensions should be \(10000,\)"):
-        data_mod._parse_idx(struct.pack(">II", 2049, 7) + bytes(spec.count), tmp_path / "x", spec)
+        fashion_mnist.parse_idx(
+            struct.pack(">II", 2049, 7) + bytes(spec.count), tmp_path / "x", spec
+        )
     with pytest.raises(ValueError, match=r"labels should lie in \[0, 9\]"):
-        data_mod._parse_idx(good[:-1] + b"\x0a", tmp_path / "x", spec)
+        fashion_mnist.parse_idx(good[:-1] + b"\x0a", tmp_path / "x", spec)
 
 
 # --------------------------------------------------------------------------------------------

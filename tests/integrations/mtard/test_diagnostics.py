@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from anl.integrations.mtard.diagnostics import (
+from anl.integrations.mtard.pipeline.diagnostics import (
     CIFAR10_PREMISE,
     convergence,
     premise,

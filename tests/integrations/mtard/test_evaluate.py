@@ -1,27 +1,22 @@
-"""Tests of anl.integrations.mtard.evaluation: accuracies, sharding, tables, files, CLI."""
+"""Tests of the evaluation (``evaluation.robustness``), its tables and files (``tables``) and
+``anl-mtard evaluate`` (``cli``): accuracies, sharding, transfer examples, tables, files."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from anl.integrations.mtard.data import DATASETS, ImageData
-from anl.integrations.mtard.evaluation import (
-    DEFAULT_ATTACKS,
-    evaluate,
-    register_cli,
-    result_rows,
-    results_table,
-    w_robust,
-    write_results,
-)
+from anl.integrations.mtard import cli
+from anl.integrations.mtard.attacks.registry import DEFAULT_ATTACKS
+from anl.integrations.mtard.data.registry import DATASETS, ImageData
+from anl.integrations.mtard.evaluation.counting import w_robust
+from anl.integrations.mtard.evaluation.robustness import evaluate
+from anl.integrations.mtard.tables import result_rows, results_table, write_results
 
 
 def small_cnn(channels: int = 1, size: int = 8, num_classes: int = 10, seed: int = 0):
@@ -85,7 +80,7 @@ def test_robust_count_matches_direct_attack() -> None:
     results = evaluate(
         model, (x, y), ["fgsm"], eps=0.05, batch_size=7, memory_format="contiguous", **FAST
     )
-    from anl.integrations.mtard.attacks import fgsm
+    from anl.integrations.mtard.attacks.gradient import fgsm
 
     with torch.no_grad():
         clean_ok = model(x).argmax(1) == y
@@ -312,7 +307,7 @@ def test_write_results_round_trip(tmp_path: Path) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anl-mtard")
-    register_cli(parser.add_subparsers(dest="command", required=True))
+    cli.add_evaluate_command(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
@@ -358,12 +353,12 @@ def test_cli_runs_end_to_end(
         loaded.append(str(path))
         return small_cnn(size=28, seed=len(loaded)).eval()
 
-    fake = types.ModuleType("anl.integrations.mtard.checkpoints")
-    fake.load_model = load_model
-    fake.load_teacher = None
-    fake.safe_load = lambda path, map_location="cpu": {"dataset": "fashion_mnist"}
-    monkeypatch.setitem(sys.modules, "anl.integrations.mtard.checkpoints", fake)
-    monkeypatch.setattr("anl.integrations.mtard.data.load_dataset", lambda *a, **k: data)
+    monkeypatch.setattr(cli, "load_model", load_model)
+    monkeypatch.setattr(cli, "load_teacher", None)
+    monkeypatch.setattr(
+        cli, "safe_load", lambda path, map_location="cpu": {"dataset": "fashion_mnist"}
+    )
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: data)
     ckpt = tmp_path / "student.pt"
     args = _parser().parse_args(
         ["evaluate", str(ckpt), "--surrogate", str(tmp_path / "teacher.pt"), "--n-examples",
@@ -404,8 +399,8 @@ def test_cli_with_a_real_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     # A checkpoint written by checkpoints.save_model_checkpoint, as the training loop does.
-    from anl.integrations.mtard.checkpoints import save_model_checkpoint
     from anl.integrations.mtard.models import build_model
+    from anl.integrations.mtard.models.checkpoint import save_model_checkpoint
 
     info = DATASETS["fashion_mnist"]
     g = torch.Generator().manual_seed(1)
@@ -414,7 +409,7 @@ def test_cli_with_a_real_checkpoint(
         torch.randint(0, 10, (10,), generator=g),
         info,
     )
-    monkeypatch.setattr("anl.integrations.mtard.data.load_dataset", lambda *a, **k: data)
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: data)
     torch.manual_seed(0)
     model = build_model("small_cnn", num_classes=10, in_channels=1)
     ckpt = tmp_path / "sat.pt"
@@ -437,8 +432,8 @@ def test_cli_with_a_real_checkpoint(
 def test_cli_labels_rows_with_the_method_the_checkpoint_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from anl.integrations.mtard.checkpoints import save_model_checkpoint
     from anl.integrations.mtard.models import build_model
+    from anl.integrations.mtard.models.checkpoint import save_model_checkpoint
 
     g = torch.Generator().manual_seed(2)
     data = ImageData(
@@ -446,7 +441,7 @@ def test_cli_labels_rows_with_the_method_the_checkpoint_records(
         torch.randint(0, 10, (6,), generator=g),
         DATASETS["fashion_mnist"],
     )
-    monkeypatch.setattr("anl.integrations.mtard.data.load_dataset", lambda *a, **k: data)
+    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: data)
     ckpt = tmp_path / "best.pt"
     save_model_checkpoint(
         ckpt, build_model("small_cnn", num_classes=10, in_channels=1), arch="small_cnn",
@@ -457,3 +452,94 @@ def test_cli_labels_rows_with_the_method_the_checkpoint_records(
     result = json.loads((tmp_path / "eval_best_fashion_mnist.json").read_text())
     assert result["defense"] == "mtard"
     assert "| FGSM | mtard |" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------
+# Transfer examples crafted once (evaluation.transfer)
+# --------------------------------------------------------------------------------------------
+
+
+def _fashion_test():
+    from anl.integrations.mtard.data.registry import load_dataset
+
+    return load_dataset("fashion_mnist", "test", download=False, progress=False)
+
+
+def test_transfer_examples_crafted_once_match_evaluate() -> None:
+    """Crafting on the surrogate once gives exactly evaluate()'s transfer results."""
+    from anl.integrations.mtard.evaluation.transfer import craft_transfer
+    from anl.integrations.mtard.models import build_model
+
+    test = _fashion_test()
+    torch.manual_seed(0)
+    student, surrogate = build_model("small_cnn").eval(), build_model("small_cnn").eval()
+    overrides = {"transfer_pgd": {"steps": 2}, "transfer_cw": {"steps": 2}}
+    names = ["transfer_pgd", "transfer_cw"]
+    expected = evaluate(
+        student, test, names, eps=0.1, batch_size=7, surrogate=surrogate, n_examples=20,
+        progress=False, seed=3, attack_overrides=overrides,
+    )  # fmt: skip
+    crafted = craft_transfer(
+        surrogate, test, names, eps=0.1, n_examples=20, batch_size=8,
+        device=torch.device("cpu"), seed=3, attack_overrides=overrides,
+    )  # fmt: skip
+    got = evaluate(
+        student, test, ["fgsm", *names], eps=0.1, batch_size=6, n_examples=20,
+        progress=False, transfer_examples=crafted,
+    )  # fmt: skip
+    for name in names:
+        for key in ("correct", "adv_correct", "robust", "w_robust", "settings"):
+            assert got["attacks"][name][key] == expected["attacks"][name][key], (name, key)
+    assert got["clean"] == expected["clean"] and list(got["attacks"]) == ["fgsm", *names]
+
+
+def test_transfer_examples_crafted_per_shard_are_the_rows_of_the_whole() -> None:
+    """Each rank crafts the shard ``indices[rank::world_size]``: the same examples as one
+    process, nothing missing, nothing twice (an odd number of points over two ranks), and
+    the shards merge back into the whole."""
+    from anl.integrations.mtard.evaluation.transfer import craft_transfer, merge_transfer
+    from anl.integrations.mtard.models import build_model
+
+    test = _fashion_test()
+    torch.manual_seed(1)
+    surrogate = build_model("small_cnn").eval()
+    kwargs = dict(
+        eps=0.1, n_examples=11, batch_size=4, device=torch.device("cpu"), seed=5,
+        attack_overrides={"transfer_pgd": {"steps": 2}},
+    )  # fmt: skip
+    whole = craft_transfer(surrogate, test, ["transfer_pgd"], **kwargs)["transfer_pgd"]
+    assert torch.equal(whole["indices"], torch.arange(11))
+    shards = [
+        craft_transfer(surrogate, test, ["transfer_pgd"], rank=r, world_size=2, **kwargs)
+        for r in range(2)
+    ]
+    parts = [shard["transfer_pgd"] for shard in shards]
+    assert [p["indices"].tolist() for p in parts] == [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9]]
+    for part in parts:
+        assert torch.equal(part["x_adv"], whole["x_adv"][part["indices"]])
+    merged = merge_transfer(shards)["transfer_pgd"]
+    assert torch.equal(merged["x_adv"], whole["x_adv"])
+    assert torch.equal(merged["indices"], whole["indices"])
+    assert merged["settings"] == whole["settings"]
+    with pytest.raises(ValueError, match="rank"):
+        craft_transfer(surrogate, test, ["transfer_pgd"], rank=2, world_size=2, **kwargs)
+
+
+def test_transfer_examples_must_cover_the_evaluated_points() -> None:
+    model = small_cnn(size=28)
+    x, y = tensor_data(n=6, size=28, model=model)
+    crafted = {"x_adv": x[:3].clone(), "indices": torch.arange(3), "settings": {"eps": 0.1}}
+    with pytest.raises(ValueError, match="transfer_examples"):
+        evaluate(
+            model, (x, y), ["transfer_pgd"], transfer_examples={"transfer_pgd": crafted}, **FAST
+        )
+    with pytest.raises(ValueError, match="transfer_examples"):
+        evaluate(model, (x, y), ["fgsm"], transfer_examples={"fgsm": crafted}, **FAST)
+    result = evaluate(
+        model, (x, y), ["transfer_pgd"], n_examples=3,
+        transfer_examples={"transfer_pgd": crafted}, **FAST,
+    )  # fmt: skip
+    # The crafted examples are the clean points: what is correct stays correct.
+    entry = result["attacks"]["transfer_pgd"]
+    assert entry["correct"] == entry["adv_correct"] == result["clean"]["correct"]
+    assert entry["settings"] == {"eps": 0.1}

@@ -13,15 +13,15 @@ import pytest
 import torch
 from torch import nn
 
-from anl.integrations.mtard import methods
-from anl.integrations.mtard.attacks import pgd
-from anl.integrations.mtard.folding import (
+from anl.integrations.mtard.attacks.gradient import pgd
+from anl.integrations.mtard.methods import steps
+from anl.integrations.mtard.models import build_model
+from anl.integrations.mtard.models.folding import (
     FoldedEvalView,
     conv_bn_pairs,
     fold_batchnorm,
     fused_conv_bn,
 )
-from anl.integrations.mtard.models import build_model
 from benchmarks.workloads import build_workload
 
 ARCHS = {  # name -> input shape
@@ -163,9 +163,9 @@ def test_mtard_step_with_the_folded_attack_matches_the_unfolded_one():
         ctx = w.context(student)
         ctx.eval_attack_model = FoldedEvalView(student) if fold else None
         torch.manual_seed(11)
-        x_adv = methods._mtard_attack(ctx, w.x_ours, w.y)
+        x_adv = steps.mtard_attack(ctx, w.x_ours, w.y)
         torch.manual_seed(11)
-        losses = methods.mtard(ctx, w.x_ours, w.y)
+        losses = steps.mtard(ctx, w.x_ours, w.y)
         results[fold] = (x_adv, losses)
     (adv_f, loss_f), (adv_u, loss_u) = results[True], results[False]
     assert (adv_f != adv_u).float().mean() < 0.01

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anl.integrations.mtard.losses import ce, kl_ard, kl_official, kl_sum, kl_trades
+from anl.integrations.mtard.methods.losses import ce, kl_ard, kl_official, kl_sum, kl_trades
 
 # A 2 x 3 example written out: teacher probabilities P, student probabilities Q, logits = log.
 P = [[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]]

@@ -19,11 +19,14 @@ import torch
 from torch import Tensor, nn
 
 from anl import AdaptiveLossBalancer, ConstantWeights
-from anl.integrations.mtard.attacks import pgd
-from anl.integrations.mtard.losses import kl_sum
-from anl.integrations.mtard.methods import (
+from anl.integrations.mtard.attacks.gradient import pgd
+from anl.integrations.mtard.methods.context import MethodContext
+from anl.integrations.mtard.methods.losses import kl_sum
+from anl.integrations.mtard.methods.registry import (
+    ABLATION,
+    BASELINES,
+    METHOD_ORDER,
     METHODS,
-    MethodContext,
     MethodSpec,
     build_weighting,
 )
@@ -424,11 +427,23 @@ def test_method_registry() -> None:
         assert isinstance(spec, MethodSpec) and spec.name == name
         if spec.weighting != "anl":
             assert len(spec.weighting) == len(spec.loss_names)
-    assert METHODS["mtard"].needs_clean_teacher and METHODS["mtard"].needs_adv_teacher
-    assert METHODS["baseline_mt"].needs_clean_teacher
-    assert not METHODS["baseline"].needs_clean_teacher and METHODS["baseline"].needs_adv_teacher
-    assert not METHODS["rslad"].needs_clean_teacher and METHODS["ard"].needs_adv_teacher
-    assert not METHODS["sat"].needs_adv_teacher and not METHODS["trades"].needs_adv_teacher
+    assert METHODS["mtard"].teachers == METHODS["baseline_mt"].teachers == ("clean", "adv")
+    assert METHODS["baseline"].teachers == METHODS["rslad"].teachers == ("adv",)
+    assert METHODS["ard"].teachers == ("adv",)
+    assert (
+        METHODS["sat"].teachers == METHODS["trades"].teachers == METHODS["natural"].teachers == ()
+    )
+    # The labels, groups and order the report reads from the specs.
+    assert tuple(METHODS) == METHOD_ORDER and METHOD_ORDER[-1] == "mtard"
+    assert BASELINES == ("sat", "trades", "ard", "rslad")
+    assert ABLATION == ("baseline", "baseline_mt", "mtard")
+    assert [METHODS[m].label for m in METHOD_ORDER] == [
+        "Natural", "SAT", "TRADES", "ARD", "RSLAD", "Baseline", "Baseline+MT", "MTARD"
+    ]  # fmt: skip
+    assert [METHODS[m].ablation_label for m in ABLATION] == [
+        "Baseline", "Baseline+MT", "Baseline+MT+ANL (MTARD)"
+    ]  # fmt: skip
+    assert METHODS["sat"].ablation_label is None
 
 
 @pytest.mark.parametrize(

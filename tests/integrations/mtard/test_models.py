@@ -11,15 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anl.integrations.mtard.models import (
+from anl.integrations.mtard.models import MODELS, build_model, model_names
+from anl.integrations.mtard.models.normalization import (
     CHENYAOFO_CIFAR10_STD,
     CIFAR10_MEAN,
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
-    MODELS,
-    build_model,
-    model_names,
 )
 from anl.integrations.mtard.models.wideresnet import DMBlock
 

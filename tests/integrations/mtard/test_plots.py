@@ -88,7 +88,7 @@ def test_figure_3_and_4_for_several_runs(tmp_path):
     assert_png(plots.plot_relative_losses(two, tmp_path / "fig4.png"))
     # A steps log is averaged per epoch.
     steps = plots.read_log(tmp_path / "MTARD" / "logs" / "steps.csv")
-    epochs, values = plots._per_epoch(steps, "total")
+    epochs, values = plots.per_epoch(steps, "total")
     assert epochs.tolist() == [1, 2, 3, 4, 5, 6]
     assert values[0] == pytest.approx(steps["total"][:5].mean())
     assert_png(plots.plot_total_loss({"steps": steps}, tmp_path / "sub" / "from_steps.png"))
@@ -112,8 +112,8 @@ def test_accuracy_plot_keeps_its_legend_off_the_curves_and_ticks_whole_epochs(
     tmp_path, monkeypatch
 ):
     drawn = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or save(fig, path))
+    save = plots.save_png
+    monkeypatch.setattr(plots, "save_png", lambda fig, path: drawn.append(fig) or save(fig, path))
     epochs = plots.read_log(fake_run(tmp_path / "run", epochs=20) / "logs" / "epochs.csv")
     assert_png(plots.plot_accuracy(epochs, tmp_path / "acc.png"))
     (fig,) = drawn

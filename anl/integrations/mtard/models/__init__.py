@@ -1,4 +1,11 @@
-"""Model registry: build any student or teacher of the MTARD reproduction by name.
+"""The networks of the MTARD reproduction: a registry by name, their checkpoints, the teachers.
+
+This module is the registry (:data:`MODELS`, :func:`build_model`, :func:`model_names`); the
+architectures live in :mod:`.resnet`, :mod:`.wideresnet`, :mod:`.mobilenetv2` and
+:mod:`.small` (their input normalisation in :mod:`.normalization`). Around them:
+:mod:`.state_dict` (strict loading with readable errors), :mod:`.checkpoint` (this project's
+checkpoint format and third-party teacher weights), :mod:`.folding` (BatchNorm folded into
+convolutions) and :mod:`.teachers` (a frozen, folded teacher from a checkpoint).
 
 >>> from anl.integrations.mtard.models import build_model, model_names
 >>> model_names()
@@ -12,7 +19,7 @@ Every model takes images in ``[0, 1]`` (NCHW, float32); where its weights expect
 inputs, it normalises them itself from non-persistent ``mean``/``std`` buffers (RobustBench's
 convention), so attacks and evaluations never handle normalisation. Parameter names follow the
 upstream code of each architecture, so upstream checkpoints load strictly
-(:func:`anl.integrations.mtard.checkpoints.load_teacher`).
+(:func:`~.checkpoint.load_teacher`).
 
 | name | role in MTARD | structure | parameters (10 classes) |
 |---|---|---|---|
@@ -33,18 +40,10 @@ from typing import Any
 
 from torch import nn
 
-from ._normalization import (
-    CHENYAOFO_CIFAR10_STD,
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    CIFAR100_MEAN,
-    CIFAR100_STD,
-    NormalizedModel,
-)
-from .mobilenetv2 import MobileNetV2, mobilenetv2
-from .resnet import CifarResNet, ResNet, resnet18, resnet56
-from .small import ConvNet, large_cnn, small_cnn
-from .wideresnet import DMWideResNet, WideResNet, wrn22_6, wrn34_10, wrn70_16
+from .mobilenetv2 import mobilenetv2
+from .resnet import resnet18, resnet56
+from .small import large_cnn, small_cnn
+from .wideresnet import wrn22_6, wrn34_10, wrn70_16
 
 #: Name -> constructor ``f(num_classes, in_channels, **kwargs) -> nn.Module``. The constructor's
 #: own ``in_channels`` default (3 for CIFAR models, 1 for the Fashion-MNIST CNNs) applies when
@@ -106,30 +105,3 @@ def build_model(
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
     return MODELS[name](num_classes=num_classes, **kwargs)
-
-
-__all__ = [
-    "CHENYAOFO_CIFAR10_STD",
-    "CIFAR10_MEAN",
-    "CIFAR10_STD",
-    "CIFAR100_MEAN",
-    "CIFAR100_STD",
-    "MODELS",
-    "CifarResNet",
-    "ConvNet",
-    "DMWideResNet",
-    "MobileNetV2",
-    "NormalizedModel",
-    "ResNet",
-    "WideResNet",
-    "build_model",
-    "large_cnn",
-    "mobilenetv2",
-    "model_names",
-    "resnet18",
-    "resnet56",
-    "small_cnn",
-    "wrn22_6",
-    "wrn34_10",
-    "wrn70_16",
-]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._normalization import NormalizedModel, Stats
+from .normalization import NormalizedModel, Stats
 
 #: (expansion t, output channels c, blocks n, stride s) per stage, CIFAR strides.
 CIFAR_CFG: tuple[tuple[int, int, int, int], ...] = (

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._normalization import CHENYAOFO_CIFAR10_STD, CIFAR10_MEAN, NormalizedModel, Stats
+from .normalization import CHENYAOFO_CIFAR10_STD, CIFAR10_MEAN, NormalizedModel, Stats
 
 
 class BasicBlock(nn.Module):

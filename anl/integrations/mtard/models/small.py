@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ._normalization import NormalizedModel, Stats
+from .normalization import NormalizedModel, Stats
 
 
 class ConvNet(NormalizedModel):

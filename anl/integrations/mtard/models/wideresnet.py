@@ -39,7 +39,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._normalization import NormalizedModel, Stats, dataset_stats
+from .normalization import NormalizedModel, Stats, dataset_stats
 
 # --------------------------------------------------------------------------------------------
 # TRADES WideResNet

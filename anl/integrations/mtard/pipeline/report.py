@@ -1,0 +1,255 @@
+"""The report of an MTARD reproduction, from the evaluations to the files a reader opens.
+
+:func:`write_report` writes ``white_box.md`` (paper Tables 2-3), ``black_box.md`` (Tables
+4-5), ``ablation.md`` (Fig. 2), ``teachers.md`` (Table 1) (:mod:`.report_tables`),
+``results.json``, the figures (:mod:`.figures`) and ``summary.md``: wall times, machine,
+command and the paper's claims measured on these numbers (:mod:`.claims`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..attacks.registry import BLACK_BOX, WHITE_BOX
+from ..methods.registry import METHODS
+from ..runtime.files import atomic_write_text, json_finite
+from ..runtime.process import current_ranks
+from .claims import claims_text, compare_with_claims, paper_comparison
+from .figures import write_figures
+from .plan import Outcome
+from .profile import Profile, Teacher
+from .report_tables import ablation_table, aggregate, attack_table, teachers_table
+from .stages import Stages, run_dir
+
+
+def _machine(device: torch.device) -> dict[str, Any]:
+    ddp = current_ranks()
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "processes": ddp.world_size,
+    }
+    if ddp.enabled:
+        info["backend"] = str(torch.distributed.get_backend())
+    if device.type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    return info
+
+
+def write_report(
+    profile: Profile,
+    out: Path,
+    outcome: Outcome,
+    *,
+    stages: Stages,
+    plots: bool,
+    command: str,
+    started: datetime.datetime,
+    wall_start: float,
+) -> dict[str, Any]:
+    """Write the tables, ``results.json``, the figures and ``summary.md``; return the results."""
+    teachers, teacher_results = outcome.teachers, outcome.teacher_results
+    student_results, runs = outcome.student_results, outcome.runs
+    agg = aggregate(student_results)
+    attacks = profile.evaluation.attacks
+    white = [a for a in WHITE_BOX if a in attacks]
+    black = [a for a in BLACK_BOX if a in attacks]
+    tables = {
+        "white_box.md": attack_table(
+            profile, agg, white, "# White-box robustness (paper Tables 2-3 layout)"
+        ),
+        "black_box.md": attack_table(
+            profile,
+            agg,
+            black,
+            "# Black-box robustness (paper Tables 4-5 layout; transfer attacks crafted on the "
+            "adversarial teacher)",
+        ),
+        "ablation.md": ablation_table(profile, agg),
+        "teachers.md": teachers_table(profile, teachers, teacher_results),
+    }
+    for name, text in tables.items():
+        atomic_write_text(out / name, text)
+
+    figures: list[Path] = []
+    if plots:
+        with stages.stage("figures"):
+            figures = write_figures(profile, out, agg, teachers)
+
+    comparison = compare_with_claims(agg, [*white, *black])
+    machine = _machine(profile.device_here())
+    total_s = time.perf_counter() - wall_start
+    results = {
+        "profile": profile.name,
+        "dataset": profile.dataset,
+        "date": started.isoformat(timespec="seconds"),
+        "command": command,
+        "machine": machine,
+        "eval_settings": profile.evaluation.to_json(),
+        "teachers": {
+            role: {
+                "label": t.label,
+                "arch": t.arch,
+                "source": t.source,
+                "checkpoint": str(t.checkpoint),
+                "run_dir": str(t.run_dir) if t.run_dir else None,
+                "evaluation": teacher_results.get(role),
+            }
+            for role, t in teachers.items()
+        },
+        "runs": [
+            {
+                "student": s,
+                "method": m,
+                "seed": k,
+                "run_dir": str(run_dir(out, s, m, k)),
+                "train": {key: runs[s, m, k].get(key) for key in ("best", "final", "time_s")},
+                "evaluation": student_results[s, m, k],
+            }
+            for (s, m, k) in runs
+        ],
+        "aggregate": agg,
+        "comparison": comparison,
+        "stages": stages.rows,
+        "wall_time_s": total_s,
+        "figures": [str(p.relative_to(out)) for p in figures],
+    }
+    stages.save_invocation()
+    results["invocations"] = [dict(row) for row in stages.invocations]  # as written now
+    atomic_write_text(out / "results.json", json.dumps(json_finite(results), indent=2) + "\n")
+    atomic_write_text(
+        out / "summary.md",
+        _summary(
+            profile, teachers, runs, comparison, agg, stages, machine, command, started, total_s
+        ),
+    )
+    return results
+
+
+def _summary(
+    profile: Profile,
+    teachers: Mapping[str, Teacher],
+    runs: Mapping[tuple[str, str, int], Mapping[str, Any]],
+    comparison: Mapping[str, Any],
+    agg: Mapping[str, Any],
+    stages: Stages,
+    machine: Mapping[str, Any],
+    command: str,
+    started: datetime.datetime,
+    total_s: float,
+) -> str:
+    lines = [
+        f"# MTARD reproduction, profile `{profile.name}`",
+        "",
+        profile.get("description", ""),
+        "",
+        f"- Date: {started.isoformat(timespec='seconds')}",
+        f"- Command: `{command}`",
+        f"- Machine: {machine['platform']}, {machine['processor']}, {machine['cpu_count']} CPUs, "
+        f"Python {machine['python']}, torch {machine['torch']} (threads: "
+        f"{machine['torch_threads']}), device {machine['device']}"
+        + (f" ({machine['gpu']})" if "gpu" in machine else "")
+        + (
+            f"; {machine['processes']} processes (torch.distributed, {machine.get('backend')}; "
+            "the device is rank 0's, the threads are per process)"
+            if machine.get("processes", 1) > 1
+            else ""
+        )
+        + (
+            f"; load average at the end {machine['load_average']} (other processes share "
+            "the CPU when it exceeds the core count)"
+            if "load_average" in machine
+            else ""
+        ),
+        f"- Dataset {profile.dataset}; students {', '.join(profile.students)}; methods "
+        f"{', '.join(METHODS[m].label for m in profile.methods)}; "
+        f"seeds {profile.seeds}",
+        f"- Total wall time of this invocation: {total_s / 60:.1f} min ({total_s:.0f} s)",
+        *_invocations_text(stages),
+        "",
+        "## Teachers",
+        "",
+    ]
+    for role, t in teachers.items():
+        where = (
+            f"trained here ({t.run_dir}) — the paper's teachers cannot be had on this machine"
+            if t.source == "trained here"
+            else f"loaded from {t.checkpoint}"
+        )
+        lines.append(f"- {role}: {t.label}, {where}")
+    lines += [
+        "",
+        "## Wall time per stage",
+        "",
+        "| Stage | Status | Wall time, this invocation (s) | When it ran, if earlier (s) |",
+        "|---|---|---:|---:|",
+    ]
+    groups: dict[str, float] = {}
+    for row in stages.rows:
+        earlier = f"{row['earlier_s']:.1f}" if "earlier_s" in row else ""
+        lines.append(f"| {row['stage']} | {row['status']} | {row['wall_s']:.1f} | {earlier} |")
+        group = row["stage"].split("/")[0]
+        groups[group] = groups.get(group, 0.0) + row.get("earlier_s", row["wall_s"])
+    lines.append(f"| **total** | | {total_s:.1f} | |")
+    work = sum(groups.values())
+    overlap = any(i.get("jobs", 1) > 1 for i in stages.invocations)
+    lines += [
+        "",
+        f"Work by kind, over all invocations ({work / 60:.1f} min): "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in groups.items())
+        + (" (stages ran side by side with --jobs, so this exceeds the wall time)" * overlap)
+        + ".",
+    ]
+    trained = [r.get("time_s") or 0.0 for r in runs.values()]
+    if trained:
+        lines.append(
+            f"Training time recorded by the runs themselves (also for runs completed by an "
+            f"earlier invocation): {sum(trained):.0f} s over {len(trained)} runs."
+        )
+    lines += ["", "## The paper's claims, measured here", ""]
+    lines += claims_text(comparison)
+    paper = paper_comparison(profile, agg)
+    if paper:
+        lines += ["", "## Here vs the paper", "", *paper]
+    if profile.get("notes"):
+        lines += ["", "## Profile notes (every reduction from the paper's protocol)", ""]
+        lines += [f"- {note}" for note in profile.get("notes")]
+    lines += [
+        "",
+        "Tables: white_box.md, black_box.md, ablation.md, teachers.md; all numbers: "
+        "results.json; figures: figures/.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _invocations_text(stages: Stages) -> list[str]:
+    """A line on the invocations that made the results (``invocations.json``) when several
+    (``--resume`` after a kill), since the stages they ran overlap none of this one's."""
+    invocations = stages.invocations
+    if len(invocations) < 2:
+        return []
+    total = sum(i["wall_s"] for i in invocations)
+    each = ", ".join(
+        f"{i['started']} ({i['wall_s'] / 3600:.2f} h, jobs {i['jobs']})" for i in invocations
+    )
+    return [
+        f"- Wall time over all {len(invocations)} invocations of this results directory: "
+        f"{total / 3600:.2f} h ({each}; invocations.json)"
+    ]
