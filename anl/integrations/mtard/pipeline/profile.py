@@ -127,7 +127,7 @@ class Profile:
         """Read a profile: a packaged name (``"default"``) or the path of a JSON file."""
         text = str(name_or_path)
         path = Path(text)
-        if not path.suffix and not path.exists():
+        if not path.suffix and not path.is_file():  # a folder called `smoke` is no profile
             path = CONFIG_DIR / f"{text}.json"
             if not path.exists():
                 fail("profile", text, f"a packaged profile {profile_names()} or a JSON file path")
