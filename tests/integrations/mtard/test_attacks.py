@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 
@@ -183,12 +184,17 @@ def test_property_every_attack_stays_in_box_and_ball(seed, conv, eps, steps, n) 
 
 
 def test_frozen_parameters_stay_frozen_and_no_grad_context_is_fine() -> None:
+    """The attack differentiates with respect to the input only: frozen parameters and a
+    surrounding ``no_grad`` change neither the result nor the parameters' flags."""
     model = small_cnn()
-    model[0].weight.requires_grad_(False)
     x, y = batch(8)
+    kw = {"eps": 0.1, "step_size": 0.03, "steps": 3}
+    expected = pgd(model, x, y, generator=torch.Generator().manual_seed(0), **kw)
+    assert float((expected - x).abs().max()) > 0.05  # the attack moved the images
+    model[0].weight.requires_grad_(False)
     with torch.no_grad():
-        x_adv = pgd(model, x, y, eps=0.1, step_size=0.03, steps=3)
-    assert not torch.equal(x_adv, x)
+        x_adv = pgd(model, x, y, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(x_adv, expected)
     assert not model[0].weight.requires_grad and model[0].bias.requires_grad
     assert all(p.grad is None for p in model.parameters())
 
@@ -256,20 +262,32 @@ def test_attack_runs_in_requested_mode() -> None:
 
 
 def test_pgd_loop_never_synchronises(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A host-device sync needs .item(), .tolist(), bool(tensor) or similar: forbid them.
+    """With every host read-back forbidden the attacks still run, and give the same images."""
     model = small_cnn().eval()
     x, y = batch(8)
+    kw = {"eps": 0.1, "step_size": 0.02, "steps": 3}
+
+    def attacks() -> list[torch.Tensor]:
+        out = [
+            pgd(model, x, y, random_start=start, generator=torch.Generator().manual_seed(0), **kw)
+            for start in ("uniform", "normal", None)
+        ]
+        out.append(pgd(model, x, y, sample_seeds=torch.arange(8), **kw))
+        out.append(cw_inf(model, x, y, generator=torch.Generator().manual_seed(0), **kw))
+        return out
+
+    expected = attacks()
 
     def forbidden(*args, **kwargs):
         raise AssertionError("host-device synchronisation inside the attack")
 
     for attr in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "nonzero"):
         monkeypatch.setattr(torch.Tensor, attr, forbidden)
-    g = torch.Generator().manual_seed(0)
-    for start in ("uniform", "normal", None):
-        pgd(model, x, y, eps=0.1, step_size=0.02, steps=3, random_start=start, generator=g)
-    pgd(model, x, y, eps=0.1, step_size=0.02, steps=3, sample_seeds=torch.arange(8))
-    cw_inf(model, x, y, eps=0.1, step_size=0.02, steps=3, generator=g)
+    got = attacks()
+    monkeypatch.undo()
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
+        assert float((a - x).abs().max()) > 0.0
 
 
 def test_start_clamping_and_start_kinds() -> None:
@@ -306,6 +324,65 @@ def test_start_clamping_and_start_kinds() -> None:
     first.clear()
     pgd(model, x, y, **kw)
     assert float((first[0] - x).std()) == pytest.approx(0.01, rel=0.05)
+
+
+def _start(attack, x: torch.Tensor) -> torch.Tensor:
+    """The random start of an attack with no step: x_adv - x (the ball and the box do not
+    bind for these images and scales)."""
+    return attack(x) - x
+
+
+@pytest.mark.parametrize("seeded", [False, True], ids=["generator", "sample_seeds"])
+def test_random_starts_have_the_requested_distribution(seeded: bool) -> None:
+    """U(-eps, eps) for "uniform" (scale eps), start_std * N(0, 1) for "normal" (scale
+    start_std), from the generator or from the per-image keyed draws alike."""
+    model = mlp()
+    x = torch.full((64, 2, 8, 8), 0.5)
+    y = torch.zeros(64, dtype=torch.long)
+    eps, std = 0.1, 0.01
+
+    def run(**kw):
+        source = (
+            {"sample_seeds": torch.arange(64)}
+            if seeded
+            else {"generator": torch.Generator().manual_seed(0)}
+        )
+        return _start(lambda xs: pgd(model, xs, y, step_size=0.0, steps=0, **kw, **source), x)
+
+    uniform = run(eps=eps, random_start="uniform")
+    assert float(uniform.abs().max()) <= eps and float(uniform.abs().max()) > 0.99 * eps
+    assert float(uniform.mean()) == pytest.approx(0.0, abs=2e-3)
+    assert float(uniform.std()) == pytest.approx(eps / 3**0.5, rel=0.03)
+    normal = run(eps=eps, random_start="normal", start_std=std, clamp_start=False)
+    assert float(normal.mean()) == pytest.approx(0.0, abs=4e-4)
+    assert float(normal.std()) == pytest.approx(std, rel=0.03)
+    # Normal, not uniform: 31.7 % beyond one standard deviation, 4.6 % beyond two.
+    assert float((normal.abs() > std).float().mean()) == pytest.approx(0.317, abs=0.02)
+    assert float((normal.abs() > 2 * std).float().mean()) == pytest.approx(0.046, abs=0.01)
+    # start_std does not scale the uniform start, nor eps the normal one.
+    assert torch.equal(run(eps=eps, random_start="uniform", start_std=0.5), uniform)
+    assert torch.equal(
+        run(eps=0.05, random_start="normal", start_std=std, clamp_start=False), normal
+    )
+
+
+def test_registry_attacks_start_from_their_protocols_distribution() -> None:
+    """PGD_SAT, PGD_TRADES and CW_inf start from U(-eps, eps) drawn per image (keyed by the
+    image's seed); a "normal" override starts from start_std * N(0, 1)."""
+    model = mlp()
+    x = torch.full((64, 2, 8, 8), 0.5)
+    y = torch.zeros(64, dtype=torch.long)
+    seeds = torch.arange(1000, 1064)
+    for name in ("pgd_sat", "pgd_trades", "cw_inf"):
+        start = _start(
+            lambda xs, n=name: ATTACKS[n](eps=0.1, steps=0)(model, xs, y, seeds=seeds), x
+        )
+        assert float(start.abs().max()) <= 0.1, name
+        assert float(start.std()) == pytest.approx(0.1 / 3**0.5, rel=0.03), name
+    attack = make_attack("pgd_trades", eps=0.1, steps=0, random_start="normal", start_std=0.01)
+    start = _start(lambda xs: attack(model, xs, y, seeds=seeds), x)
+    assert float(start.std()) == pytest.approx(0.01, rel=0.03)
+    assert float((start.abs() > 0.01).float().mean()) == pytest.approx(0.317, abs=0.02)
 
 
 def test_validation_errors_name_the_parameter() -> None:
@@ -529,6 +606,12 @@ def test_transfer_crafts_on_surrogate_without_querying_target() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+needs_pyautoattack = pytest.mark.skipif(
+    importlib.util.find_spec("pyautoattack") is None,
+    reason='needs pyautoattack (pip install "adaptive-normalization-loss[autoattack]")',
+)
+
+
 def _aa_setup():
     model = mlp(hidden=24, seed=5).eval()
     x, _ = batch(32, seed=5)
@@ -537,6 +620,7 @@ def _aa_setup():
     return model, x, y
 
 
+@needs_pyautoattack
 def test_autoattack_custom_is_at_least_as_strong_as_pgd() -> None:
     model, x, y = _aa_setup()
     eps = 0.02
@@ -551,6 +635,7 @@ def test_autoattack_custom_is_at_least_as_strong_as_pgd() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+@needs_pyautoattack
 def test_autoattack_standard_on_a_tiny_model() -> None:
     # At this budget PGD-20 leaves 2 of 16 points; AutoAttack breaks all before Square runs.
     model, x, y = _aa_setup()
@@ -562,6 +647,7 @@ def test_autoattack_standard_on_a_tiny_model() -> None:
     assert accuracy(model, aa_adv, y) <= accuracy(model, pgd_adv, y)
 
 
+@needs_pyautoattack
 def test_autoattack_with_few_classes_and_registry() -> None:
     # 3 classes: targeted attacks use the 2 other classes instead of crashing on 9 targets.
     model = mlp(num_classes=3, hidden=8).eval()
