@@ -21,12 +21,14 @@ from anl.integrations.mtard.methods.context import MethodContext
 from anl.integrations.mtard.methods.registry import METHODS, build_weighting
 from anl.integrations.mtard.models import build_model
 from anl.integrations.mtard.models.checkpoint import save_model_checkpoint
+from anl.integrations.mtard.pipeline.profile import Profile
 from anl.integrations.mtard.runtime.files import safe_load
 from anl.integrations.mtard.training.config import TrainConfig, config_differences
 from anl.integrations.mtard.training.trainer import train
 
 INFO = DATASETS["fashion_mnist"]
 STEPS = 4  # 160 images - 32 validation = 4 batches of 32 per epoch
+PLACEHOLDER = {"clean": "clean.pt", "adv": "adv.pt"}
 
 
 def tiny_data(n: int = 160) -> ImageData:
@@ -132,6 +134,23 @@ def test_config_checks_the_balancer(teachers):
     # A configuration saved before the balancer existed reads back as ANL, resumable.
     old = {k: v for k, v in config(teachers).to_dict().items() if not k.startswith("balancer")}
     assert config_differences(TrainConfig.from_dict(old), config(teachers)) == []
+
+
+def test_a_profile_chooses_mtard_s_balancer():
+    document = Profile.load("smoke").to_dict()
+    document["train"].update(balancer="famo", balancer_kwargs={"gamma": 0.01})
+    profile = Profile(document)  # the shared entry applies to MTARD only
+    for method in profile.methods:
+        cfg = profile.student_config("small_cnn", method, 0, teacher_paths=PLACEHOLDER)
+        expected = ("famo", {"gamma": 0.01}) if method == "mtard" else ("anl", {})
+        assert (cfg.balancer, cfg.balancer_kwargs) == expected, method
+    assert profile.teacher_config("adv").balancer == "anl"
+    document["method_train"] = {"mtard": {"balancer": "dwa", "balancer_kwargs": {}}}
+    cfg = Profile(document).student_config("small_cnn", "mtard", 0, teacher_paths=PLACEHOLDER)
+    assert (cfg.balancer, cfg.balancer_kwargs) == ("dwa", {})  # method_train wins, field by field
+    document["method_train"] = {"sat": {"balancer": "dwa"}}
+    with pytest.raises(ValueError, match="only MTARD takes a balancer"):
+        Profile(document)
 
 
 def test_train_command_takes_balancer_flags():

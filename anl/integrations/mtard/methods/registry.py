@@ -280,8 +280,7 @@ def check_method_balancer(spec: MethodSpec, balancer: str, kwargs: Mapping[str, 
                 "balancer",
                 balancer if balancer != "anl" else dict(kwargs),
                 f"'anl' without balancer_kwargs for method {spec.name!r}, whose weights are "
-                "constant (only MTARD takes a balancer: set it in the profile's "
-                "method_train['mtard'])",
+                "constant (only MTARD takes a balancer)",
             )
         return
     check_balancer(balancer, kwargs, spec.loss_names)
