@@ -126,9 +126,9 @@ def student_config(
     teacher_paths: Mapping[str, str],
 ) -> TrainConfig:
     """The :class:`~..training.config.TrainConfig` of one student run: the shared ``train``
-    fields (the balancer's for MTARD only), then ``method_train[method]``; the teachers the method needs are given by path
-    (``teacher_paths[role]``), with their architecture when they are loaded from a foreign
-    checkpoint (``arch=None``: this project's format)."""
+    fields (the balancer's for MTARD only), then ``method_train[method]``; the teachers the
+    method needs are given by path (``teacher_paths[role]``), with their architecture when
+    they are loaded from a foreign checkpoint (``arch=None``: this project's format)."""
     values = {**_shared_train(document, method), **document.get("method_train", {}).get(method, {})}
     values.update(
         method=method,
