@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(subparsers)
     add_evaluate_command(subparsers)
     add_reproduce_command(subparsers)
+    add_sensitivity_command(subparsers)
     return parser
 
 
@@ -434,6 +435,82 @@ def run_reproduce_command(args: argparse.Namespace) -> int:
         return 0
     print((out / "white_box.md").read_text())
     print(f"Results in {out} ({results['wall_time_s'] / 60:.1f} min); see {out / 'summary.md'}.")
+    return 0
+
+
+# ==============================================================================================
+# anl-mtard sensitivity
+# ==============================================================================================
+def add_sensitivity_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``sensitivity``: MTARD's settings varied on a finished reproduction."""
+    from .pipeline.sensitivity import GRIDS
+
+    parser = subparsers.add_parser(
+        "sensitivity",
+        help="MTARD with other r_w, beta, constant weights or balancers, on a reproduction",
+        description=(
+            "On a finished reproduction's results directory, train MTARD's student once per "
+            "setting (grid anl: r_w x beta and constant weights w_adv; grid balancers: every "
+            "anl rule as MTARD's balancer), evaluate it under PGD_TRADES as the reproduction "
+            "was, and write sensitivity.md, sensitivity.json and figures/ into --out."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("results_dir", type=Path, help="a reproduction's results directory")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where to write (default: RESULTS_DIR/sensitivity)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="training seed of every setting")
+    parser.add_argument("--grid", choices=GRIDS, default="anl", help="the settings to run")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="only these settings of the grid (e.g. anl-rw0.25-beta2 constant-wadv0.7 famo)",
+    )
+    parser.add_argument("--students", nargs="+", default=None, help="student architectures")
+    parser.add_argument("--resume", action="store_true", help="skip complete settings")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: the profile's)"
+    )
+    parser.add_argument("--data-dir", default=None, help="dataset folder")
+    parser.add_argument("--model-dir", default=None, help="folder of the teachers' checkpoints")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--no-plots", action="store_true", help="do not draw the figure")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run_sensitivity_command)
+
+
+def run_sensitivity_command(args: argparse.Namespace) -> int:
+    """Run ``anl-mtard sensitivity``; prints ``sensitivity.md``."""
+    from .pipeline.sensitivity import sensitivity
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("anl.integrations.mtard.pipeline").setLevel(logging.INFO)
+    out = args.out if args.out is not None else args.results_dir / "sensitivity"
+    results = sensitivity(
+        args.results_dir,
+        out,
+        seed=args.seed,
+        grid=args.grid,
+        only=args.settings,
+        students=args.students,
+        resume=args.resume,
+        jobs=args.jobs,
+        threads=args.threads,
+        plots=not args.no_plots,
+        progress=not args.no_progress,
+        data_dir=args.data_dir,
+        model_dir=args.model_dir,
+        device=args.device,
+    )
+    if not is_main_process():
+        return 0
+    print((out / "sensitivity.md").read_text())
+    print(f"Study in {out} ({results['wall_time_s'] / 60:.1f} min).")
     return 0
 
 
