@@ -68,7 +68,7 @@ class MethodSpec:
 
         Example:
             >>> METHODS["ard"].resolve_hyper({"temperature": 5.0, "alpha": 0.95})
-            {'temperature': 5.0, 'alpha': 0.95}
+            {'temperature': 5.0, 'alpha': 0.95, 'kl_factor': 1.0}
         """
         hyper = dict(hyper or {})
         unknown = sorted(set(hyper) - set(self.defaults))
@@ -156,7 +156,7 @@ METHODS: dict[str, MethodSpec] = {
             loss_names=("kd", "ce"),
             weighting=(1.0, 0.0),
             teachers=("adv",),
-            defaults={"temperature": 30.0, "alpha": 1.0},
+            defaults={"temperature": 30.0, "alpha": 1.0, "kl_factor": 1.0},
             weights_from_hyper=_ard_weights,
             baseline=True,
             description="ARD, one adversarial teacher on clean inputs",

@@ -186,10 +186,13 @@ def ard(ctx: MethodContext, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     ``S(x')``, the teacher on the **clean** batch ``T_adv(x)``, and ``S(x)`` (run even when
     ``alpha = 1``, as the official code does).
 
-    Losses: ``"kd"`` = :func:`~.losses.kl_ard` (includes ``T^2``),
+    Losses: ``"kd"`` = :func:`~.losses.kl_ard` (includes ``T^2``) times ``kl_factor``,
     ``"ce"``. Weights ``(alpha, 1 - alpha)``. Defaults: ``temperature = 30``, ``alpha = 1``
     (the official code, CIFAR-10); the ARD paper uses ``temperature = 5``, ``alpha = 0.95`` on
-    CIFAR-100.
+    CIFAR-100. ``kl_factor`` (default 1, the official scale) is the same control as the other
+    distillation methods' (``nn.KLDivLoss()``'s default reduction is a mean over ``B x C``
+    elements, so ``kl_factor = C`` makes it a per-example KL); ``T^2`` already scales ARD's
+    KL up, so the profiles keep it at 1.
     """
     teacher = _require(ctx.adv_teacher, "adv_teacher", "ard")
     temperature = hyper_value(ctx, "temperature", 30.0)
@@ -201,7 +204,9 @@ def ard(ctx: MethodContext, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     logits_adv = student(x_adv)
     teacher_logits = _teacher_logits(teacher, x)
     logits_nat = student(x)
-    return {"kd": kl_ard(logits_adv, teacher_logits, temperature), "ce": ce(logits_nat, y)}
+    factor = hyper_value(ctx, "kl_factor", 1.0)
+    kd = kl_ard(logits_adv, teacher_logits, temperature)
+    return {"kd": kd if factor == 1.0 else factor * kd, "ce": ce(logits_nat, y)}
 
 
 def rslad(ctx: MethodContext, x: Tensor, y: Tensor) -> dict[str, Tensor]:
