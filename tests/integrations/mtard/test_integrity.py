@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,16 @@ from anl.integrations.mtard.runtime.files import (
     read_json,
     remove_stale_temps,
     safe_load,
+    safe_load_verified,
 )
 from anl.integrations.mtard.runtime.integrity import (
+    DIGEST_KEY,
+    CorruptFileError,
+    UnhashedFileWarning,
     content_digest,
 )
+from anl.integrations.mtard.training.config import TrainConfig
+from anl.integrations.mtard.training.trainer import train
 
 INFO = DATASETS["fashion_mnist"]
 CORRUPT = "corrupt or was modified"
@@ -73,6 +80,66 @@ def fresh_warning(monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
+def test_a_byte_flipped_in_a_model_checkpoint_is_refused_with_the_file_named(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1)
+    path = tmp_path / "best.pt"
+    save_model_checkpoint(path, model, arch="small_cnn", num_classes=10)
+    flip_byte_of(path, model.state_dict()["features.4.weight"])
+    with pytest.raises(ValueError, match=rf"best\.pt' is {CORRUPT}.*SHA-256") as info:
+        load_model(path)
+    assert isinstance(info.value, CorruptFileError)
+
+
+def test_no_single_byte_flip_loads_different_weights(tmp_path):
+    """Flip a bit at ~120 offsets spread over the file and inside the weights: each load is
+    refused (ValueError) or gives back exactly the saved weights (a flip in zip metadata that
+    torch does not read, or in the hash entry's name)."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1)
+    expected = model.state_dict()
+    path = tmp_path / "m.pt"
+    save_model_checkpoint(path, model, arch="small_cnn", num_classes=10)
+    original = path.read_bytes()
+    raw = expected["features.4.weight"].numpy().tobytes()
+    start = original.find(raw)
+    offsets = set(range(0, len(original), len(original) // 100))
+    offsets |= set(range(start, start + len(raw), len(raw) // 20))
+    refused = 0
+    for offset in sorted(offsets):
+        data = bytearray(original)
+        data[offset] ^= 0x10
+        path.write_bytes(bytes(data))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UnhashedFileWarning)
+                loaded = load_model(path).state_dict()
+        except ValueError:
+            refused += 1
+            continue
+        assert loaded.keys() == expected.keys(), offset
+        for key, value in expected.items():
+            assert torch.equal(loaded[key], value), (offset, key)
+    assert refused >= 20 + len(offsets) // 4  # every flip in the weights, and more
+
+
+def test_a_byte_flipped_in_last_pt_stops_the_resume(tmp_path):
+    config = TrainConfig(
+        method="natural", dataset="fashion_mnist", student="small_cnn", epochs=2,
+        batch_size=32, val_size=16, val_attack_steps=1, attack_steps=1, device="cpu",
+        tensorboard=False, seed=0, log_every=4,
+    )  # fmt: skip
+    run_dir = tmp_path / "run"
+    train(config, run_dir, progress=False, stop_after_epochs=1, train_data=tiny_data())
+    last = run_dir / "checkpoints" / "last.pt"
+    state = safe_load(last)
+    assert state["epoch"] == 1 and DIGEST_KEY not in state
+    flip_byte_of(last, state["model"]["features.4.weight"])
+    with pytest.raises(CorruptFileError, match=rf"last\.pt' is {CORRUPT}"):
+        train(config, run_dir, resume=True, progress=False, train_data=tiny_data())
+    assert safe_load_verified(run_dir / "checkpoints" / "best.pt")[1]  # the student's hash
+
+
 def test_content_digest_covers_what_is_loaded():
     base = {"w": torch.arange(6.0).reshape(2, 3), "epoch": 3, "names": ["a"], "on": True}
     digest = content_digest(base)
@@ -92,6 +159,41 @@ def test_content_digest_covers_what_is_loaded():
     assert content_digest({"s": {"b", "a", "c"}}) == content_digest({"s": {"c", "b", "a"}})
     with pytest.raises(TypeError, match="cannot hash"):
         content_digest({"x": object()})
+
+
+def test_hashes_are_added_only_to_dicts_without_one(tmp_path):
+    with pytest.raises(ValueError, match="should be a dict without"):
+        atomic_save([torch.ones(2)], tmp_path / "a.pt", digest=True)
+    with pytest.raises(ValueError, match="should be a dict without"):
+        atomic_save({DIGEST_KEY: "x"}, tmp_path / "a.pt", digest=True)
+    with pytest.raises(ValueError, match="reserved"):
+        save_model_checkpoint(
+            tmp_path / "m.pt", build_model("small_cnn"), arch="small_cnn", num_classes=10,
+            extra={DIGEST_KEY: "0" * 64},
+        )  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_files_without_a_hash_load_with_one_warning(tmp_path, fresh_warning):
+    """Files of earlier versions (no hash) are read, reported and resumed: one warning per
+    process, whatever the number of files; third-party teachers (never hashed) warn not."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1)
+    save_model_checkpoint(tmp_path / "m.pt", model, arch="small_cnn", num_classes=10)
+    legacy = safe_load(tmp_path / "m.pt")  # as an earlier version wrote it: no hash
+    for name in ("old1.pt", "old2.pt"):
+        torch.save(legacy, tmp_path / name)
+    torch.save(model.state_dict(), tmp_path / "robustbench.pt")
+    from anl.integrations.mtard.models.checkpoint import load_teacher
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_teacher(tmp_path / "robustbench.pt", arch="small_cnn", num_classes=10)
+        assert caught == []
+        for name in ("old1.pt", "old2.pt"):
+            torch.testing.assert_close(load_model(tmp_path / name).state_dict(), model.state_dict())
+    assert [type(w.message) for w in caught] == [UnhashedFileWarning]
+    assert "old1.pt' carries no content hash" in str(caught[0].message)
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from ..data.registry import DATASETS, ImageData
 from ..evaluation.validation import validate
 from ..methods.registry import METHODS, build_weighting
 from ..runtime.execution import deterministic_algorithms, resolve_memory_format
-from ..runtime.files import atomic_save, atomic_write_text, json_finite
+from ..runtime.files import atomic_write_text, json_finite
 from ..runtime.optional import progress_bar, progress_write
 from ..runtime.process import (
     agree,
@@ -72,6 +72,7 @@ from .checkpoints import (
     run_paths,
     save_student,
     set_rng_state,
+    write_last,
 )
 from .config import TrainConfig, milestone_epochs
 from .logs import RunLogs, StepRows, last_row, step_columns
@@ -403,7 +404,7 @@ class Trainer:
             "time_s": self.time_s,
             "config": self.config.to_dict(),
         }
-        atomic_save(state, self.paths["last"])
+        write_last(self.paths["last"], state)
 
     def _load_last(self) -> None:
         state = read_last(self.paths["last"], self.config)
