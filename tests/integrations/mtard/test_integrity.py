@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import torch
 
 import anl
 from anl.integrations.mtard.data.registry import DATASETS, ImageData
+from anl.integrations.mtard.evaluation.robustness import evaluate
 from anl.integrations.mtard.models import build_model
 from anl.integrations.mtard.models.checkpoint import load_model, save_model_checkpoint
 from anl.integrations.mtard.pipeline import tasks
@@ -227,11 +229,91 @@ def craft(results_dir) -> str:
     return tasks.craft_task(teacher, source, SETTINGS, torch.device("cpu"), path, False)[1]
 
 
+def test_a_modified_evaluation_result_is_not_reused(results_dir, fresh_warning):
+    out, teacher, _ = results_dir
+    job = tasks.EvalJob("teacher_adv", teacher.checkpoint, ("fgsm",), {"defense": "adv"})
+    source = tasks.DataSource("fashion_mnist", "test")
+    result, _ = tasks.eval_task(job, out, source, SETTINGS, torch.device("cpu"), None, False)
+    path = job.path(out)
+    assert tasks.eval_complete(job, SETTINGS, out)
+    assert tasks.read_eval_task(path)[0] == json.loads(json.dumps(result))
+    saved = json.loads(path.read_text())
+    saved["attacks"]["fgsm"]["robust"] = 0.99  # a better number, by hand
+    path.write_text(json.dumps(saved, indent=2) + "\n")
+    with pytest.raises(ValueError, match=rf"teacher_adv\.json' is {CORRUPT}"):
+        tasks.eval_complete(job, SETTINGS, out)
+    with pytest.raises(CorruptFileError, match=CORRUPT):
+        tasks.read_eval_task(path)
+    path.write_text(path.read_text()[:-40])  # cut short
+    with pytest.raises(CorruptFileError, match="not valid JSON"):
+        tasks.eval_complete(job, SETTINGS, out)
+    # As an earlier version wrote it (no hash): reused, with the one warning.
+    saved.pop(DIGEST_KEY)
+    saved["attacks"]["fgsm"]["robust"] = result["attacks"]["fgsm"]["robust"]
+    path.write_text(json.dumps(saved, indent=2) + "\n")
+    os.utime(path)  # newer than the checkpoint
+    with pytest.warns(UnhashedFileWarning, match="teacher_adv.json"):
+        assert tasks.eval_complete(job, SETTINGS, out)
+
+
 def test_json_hashes_survive_non_finite_numbers(tmp_path):
     value = {"accuracy": float("nan"), "n": 0, "tuple": (1, 2), "nested": {"b": 1, "a": 2}}
     atomic_write_json(tmp_path / "r.json", value, digest=True)
     read = read_json(tmp_path / "r.json")
     assert read["n"] == 0 and read["tuple"] == [1, 2] and read["accuracy"] != read["accuracy"]
+
+
+def test_transfer_examples_outside_the_eps_ball_are_crafted_again(results_dir, fresh_warning):
+    out, _, data = results_dir
+    path = out / "eval" / "transfer_examples.pt"
+    assert craft(results_dir) == "ran"
+    saved = safe_load(path)
+    good = saved["crafted"]["transfer_pgd"]["x_adv"].clone()
+    clean = data.images[:8].float() / 255
+    assert (good - clean).abs().max() <= SETTINGS.eps + 1e-6
+    assert craft(results_dir) == "skipped (complete)"
+
+    # Replaced by examples far outside the ball, as an earlier version would have written
+    # them (no hash), then with a hash recomputed: crafted again both times, with a warning.
+    saved["crafted"]["transfer_pgd"]["x_adv"] = torch.ones_like(good)
+    for write in (torch.save, lambda obj, p: atomic_save(obj, p, digest=True)):
+        write(saved, path)
+        with pytest.warns(UserWarning) as caught:
+            assert craft(results_dir) == "ran"
+        messages = [str(w.message) for w in caught]
+        assert any("outside the eps-ball" in m and "crafting them again" in m for m in messages)
+        assert any("carries no content hash" in m for m in messages) == (write is torch.save)
+        assert torch.equal(safe_load(path)["crafted"]["transfer_pgd"]["x_adv"], good)
+
+    # Examples for fewer points than the evaluation's: crafted again.
+    short = {**saved["crafted"]["transfer_pgd"], "x_adv": good[:3], "indices": torch.arange(3)}
+    atomic_save({**saved, "crafted": {"transfer_pgd": short}}, path, digest=True)
+    with pytest.warns(UserWarning, match=r"examples for 3 points.*evaluation is on 8"):
+        assert craft(results_dir) == "ran"
+
+    # A byte flipped in the hashed file: an error naming it, not a silent re-craft.
+    flip_byte_of(path, good)
+    with pytest.raises(CorruptFileError, match=rf"transfer_examples\.pt' is {CORRUPT}"):
+        craft(results_dir)
+
+
+def test_evaluate_refuses_transfer_examples_outside_the_eps_ball():
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1)
+    data = tiny_data(8)
+    clean = data.images.float() / 255
+    delta = torch.full_like(clean, 0.1).where(clean < 0.5, torch.full_like(clean, -0.1))
+    inside = {"x_adv": clean + delta, "indices": torch.arange(8), "settings": {}}
+    evaluate(model, data, ["transfer_pgd"], eps=0.1, transfer_examples={"transfer_pgd": inside},
+             progress=False)  # fmt: skip
+    for bad, message in (
+        ({**inside, "x_adv": clean + 2 * delta}, "8 of its 8 examples lie outside the eps-ball"),
+        ({**inside, "x_adv": clean + 1.5}, "not in"),
+        ({**inside, "x_adv": (clean + delta)[:, :, :14]}, "shape"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            evaluate(model, data, ["transfer_pgd"], eps=0.1, progress=False,
+                     transfer_examples={"transfer_pgd": bad})  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
