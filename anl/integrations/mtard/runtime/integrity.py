@@ -53,6 +53,9 @@ def _feed(h: Any, obj: Any) -> None:
             tensor = tensor.to_dense()
         header = f"{type(obj).__name__}|{tensor.dtype}|{tuple(tensor.shape)}"
         _chunk(h, b"T", header.encode())
+        if tensor.is_quantized:  # its integers, and the values they stand for
+            _feed(h, tensor.dequantize())
+            tensor = tensor.int_repr()
         flat = tensor.to("cpu").contiguous().reshape(-1)
         h.update(b"D" + struct.pack("<Q", flat.numel() * flat.element_size()))
         if flat.numel():
@@ -160,7 +163,7 @@ def check_digest(
     recorded = obj[DIGEST_KEY]
     try:
         actual = digest(content)
-    except TypeError as exc:
+    except (TypeError, RuntimeError, ValueError) as exc:  # e.g. an object we never write
         raise CorruptFileError(
             f"'{path}' is corrupt or was modified after it was written: its content cannot be "
             f"hashed ({exc})."
