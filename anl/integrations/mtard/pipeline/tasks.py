@@ -249,17 +249,23 @@ def checkpoint_key(checkpoint: Path, out: Path) -> str:
 
 def eval_complete(job: EvalJob, settings: EvalSettings, out: Path) -> bool:
     """Whether ``out/eval/<job>.json`` holds an evaluation of the job's checkpoint (not older
-    than it) with its attacks and these settings."""
+    than it) with its attacks and these settings.
+
+    Raises:
+        CorruptFileError: the file is not valid JSON or its content hash does not match (it
+            was damaged or modified after it was written).
+    """
     path = job.path(out)
     if not path.exists() or not job.checkpoint.exists():
         return False
     if path.stat().st_mtime_ns < job.checkpoint.stat().st_mtime_ns:
         return False
-    saved, hashed = read_json_verified(path)  # damaged or modified: CorruptFileError
+    saved, hashed = read_json_verified(path)
     if not hashed:
         warn_unhashed(path)
     return (
-        list(saved.get("attacks", {})) == list(job.attacks)
+        isinstance(saved, dict)
+        and list(saved.get("attacks", {})) == list(job.attacks)
         and saved.get("checkpoint_key") == checkpoint_key(job.checkpoint, out)
         and saved.get("eval_settings") == settings.to_json()
     )
