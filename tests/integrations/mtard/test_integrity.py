@@ -125,7 +125,7 @@ def test_no_single_byte_flip_loads_different_weights(tmp_path):
     assert refused >= 20 + len(offsets) // 4  # every flip in the weights, and more
 
 
-def test_a_byte_flipped_in_last_pt_stops_the_resume(tmp_path):
+def test_a_byte_flipped_in_last_pt_stops_the_resume(tmp_path, fresh_warning):
     config = TrainConfig(
         method="natural", dataset="fashion_mnist", student="small_cnn", epochs=2,
         batch_size=32, val_size=16, val_attack_steps=1, attack_steps=1, device="cpu",
@@ -140,6 +140,11 @@ def test_a_byte_flipped_in_last_pt_stops_the_resume(tmp_path):
     with pytest.raises(CorruptFileError, match=rf"last\.pt' is {CORRUPT}"):
         train(config, run_dir, resume=True, progress=False, train_data=tiny_data())
     assert safe_load_verified(run_dir / "checkpoints" / "best.pt")[1]  # the student's hash
+    # The same state as an earlier version wrote it (no hash) resumes, with the one warning.
+    torch.save(state, last)
+    with pytest.warns(UnhashedFileWarning, match=r"last\.pt' carries no content hash"):
+        result = train(config, run_dir, resume=True, progress=False, train_data=tiny_data())
+    assert result["finished"] and safe_load_verified(last)[1]
 
 
 def test_content_digest_covers_what_is_loaded():
