@@ -56,7 +56,7 @@ from ..evaluation.validation import validate
 from ..methods.balancers import decay_rate, has_second_call, rate_of, rule_parameters
 from ..methods.registry import METHODS, build_weighting
 from ..runtime.execution import deterministic_algorithms, resolve_memory_format
-from ..runtime.files import atomic_save, atomic_write_text, json_finite
+from ..runtime.files import atomic_write_text, json_finite
 from ..runtime.optional import progress_bar, progress_write
 from ..runtime.process import (
     agree,
@@ -73,6 +73,7 @@ from .checkpoints import (
     run_paths,
     save_student,
     set_rng_state,
+    write_last,
 )
 from .config import TrainConfig, milestone_epochs
 from .logs import RunLogs, StepRows, last_row, step_columns
@@ -425,7 +426,7 @@ class Trainer:
             "time_s": self.time_s,
             "config": self.config.to_dict(),
         }
-        atomic_save(state, self.paths["last"])
+        write_last(self.paths["last"], state)
 
     def _load_last(self) -> None:
         state = read_last(self.paths["last"], self.config)
