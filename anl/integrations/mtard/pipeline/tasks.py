@@ -24,7 +24,7 @@ from ..data.registry import DatasetInfo, ImageData, load_dataset
 from ..evaluation.robustness import evaluate
 from ..evaluation.transfer import craft_transfer, merge_transfer
 from ..models.checkpoint import load_model
-from ..runtime.files import atomic_save, safe_load
+from ..runtime.files import atomic_save, read_json_object, safe_load
 from ..runtime.process import agree, current_ranks
 from ..tables import write_results
 from ..training.config import RESUME_MUTABLE, TEACHER_PATHS, TrainConfig, config_differences
@@ -86,7 +86,7 @@ def run_state(run_dir: Path, config: TrainConfig) -> str:
             + "). Choose another --out, or delete that run directory."
         )
     metrics = run_dir / "metrics.json"
-    finished = metrics.exists() and json.loads(metrics.read_text()).get("finished")
+    finished = metrics.exists() and read_json_object(metrics).get("finished")
     if finished and (run_dir / "final.pt").exists():
         return "done"
     return "partial"
@@ -100,7 +100,7 @@ def train_task(
     state = run_state(run_dir, config) if resume else "new"
     agree(state, f"the state of the run {str(run_dir)!r}", current_ranks())
     if state == "done":
-        return json.loads((run_dir / "metrics.json").read_text()), "skipped (complete)"
+        return read_json_object(run_dir / "metrics.json"), "skipped (complete)"
     metrics = train(
         config, run_dir, resume=state == "partial", progress=progress, train_data=data.load()
     )
@@ -208,8 +208,8 @@ def eval_complete(job: EvalJob, settings: EvalSettings, out: Path) -> bool:
     if path.stat().st_mtime_ns < job.checkpoint.stat().st_mtime_ns:
         return False
     try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        saved = read_json_object(path)
+    except ValueError:  # truncated or corrupt: evaluate again
         return False
     return (
         list(saved.get("attacks", {})) == list(job.attacks)
@@ -220,7 +220,7 @@ def eval_complete(job: EvalJob, settings: EvalSettings, out: Path) -> bool:
 
 def read_eval_task(path: Path) -> tuple[dict[str, Any], str]:
     """An evaluation a resumed reproduction found complete, read back."""
-    return json.loads(path.read_text()), "skipped (complete)"
+    return read_json_object(path), "skipped (complete)"
 
 
 def eval_task(

@@ -9,7 +9,8 @@ old file or the new one, never a partial one, and a crash leaves no partial file
 temporary file is removed when anything fails (``KeyboardInterrupt`` included).
 :func:`atomic_write_text` and :func:`atomic_save` (``torch.save``) are built on it.
 
-:func:`json_finite` makes a result strict JSON (no NaN). :func:`safe_load` is
+:func:`json_finite` makes a result strict JSON (no NaN); :func:`read_json_object` reads a JSON
+file back and names it when it is truncated or corrupt. :func:`safe_load` is
 ``torch.load(weights_only=True)``: tensors and plain containers only. The
 official MTARD code loads checkpoints with unrestricted unpickling, which runs whatever code a
 file asks for; here such a file is refused with a :class:`ValueError`.
@@ -18,6 +19,7 @@ file asks for; here such a file is refused with a :class:`ValueError`.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import pickle
@@ -167,4 +169,28 @@ def json_finite(value: Any) -> Any:
         return [json_finite(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    return value
+
+
+def read_json_object(path: PathLike) -> dict[str, Any]:
+    """The JSON object (a dict) that the file ``path`` holds.
+
+    Raises:
+        FileNotFoundError, PermissionError, ...: the file cannot be opened (the ``OSError``
+            names it).
+        ValueError: naming the file, when it is not UTF-8 JSON (e.g. truncated by a crash or
+            half-written by another program) or holds something other than an object.
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"'{path}' is not valid JSON (truncated or corrupt?): {exc.msg} (line "
+            f"{exc.lineno}, column {exc.colno})."
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"'{path}' is not a UTF-8 text file: {exc}.") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"'{path}' should hold a JSON object. Found a {type(value).__name__}.")
     return value
