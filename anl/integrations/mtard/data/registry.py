@@ -70,11 +70,9 @@ def _dataset(path: str, found: Any) -> DatasetInfo:
     named by the import path."""
     info = found() if callable(found) and not isinstance(found, DatasetInfo) else found
     if not isinstance(info, DatasetInfo) or not callable(info.load):
-        fail(
-            "dataset",
-            path,
-            "an import path naming a DatasetInfo with a `load` function (or a function "
-            "returning one)",
+        raise ValueError(
+            f"gives a `{type(info).__name__}` object, not a DatasetInfo with a `load` "
+            "function (nor a function returning one)."
         )
     return dataclasses.replace(info, name=path)
 

@@ -67,7 +67,10 @@ from .wideresnet import wrn22_6, wrn34_10, wrn70_16
 def _factory(path: str, found: Any) -> Callable[..., nn.Module]:
     """The factory an import path names (it must be callable)."""
     if not callable(found):
-        fail("arch", path, "an import path naming a model factory f(num_classes, in_channels)")
+        raise ValueError(
+            f"names a `{type(found).__name__}` object, not a model factory "
+            "f(num_classes, in_channels)."
+        )
     return found
 
 

@@ -68,13 +68,13 @@ class Registry(dict[str, T], Generic[T]):
 
     Iteration, ``len`` and ``sorted`` see the registered names only; ``in``, ``[]``, ``get``
     and :meth:`resolve` also accept an import path, whose object ``adapt(path, object)`` turns
-    into an entry (or rejects with an :class:`~..checks.ArgumentError`); the entry is kept for
-    the rest of the process.
+    into an entry; the entry is kept for the rest of the process.
 
     Args:
         kind: what an entry is, for messages (``"architecture"``).
         entries: the built-in entries.
-        adapt: ``adapt(path, obj) -> entry`` for an imported object.
+        adapt: ``adapt(path, obj) -> entry`` for an imported object; it raises a ``ValueError``
+            that completes "Found `name = path`, which ..." when ``obj`` does not fit.
     """
 
     def __init__(self, kind: str, entries: Mapping[str, T], adapt: Callable[[str, Any], T]) -> None:
@@ -132,7 +132,13 @@ class Registry(dict[str, T], Generic[T]):
                     f"`{parameter} = {name!r}`, which does not import "
                     f"({type(exc).__name__}: {exc})."
                 ) from exc
-            self._imported[name] = self._adapt(name, found)
+            try:
+                self._imported[name] = self._adapt(name, found)
+            except ValueError as exc:
+                raise ArgumentError(
+                    f"Parameter `{parameter}` should be {self.choices()}. Found "
+                    f"`{parameter} = {name!r}`, which {exc}"
+                ) from exc
         return self._imported[name]
 
     def register(self, name: str, entry: T, *, replace: bool = False) -> None:
