@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,7 @@ def test_plot_redraws_the_figures_of_a_results_directory(smoke, capsys, monkeypa
     """`anl-mtard plot RESULTS_DIR` draws the report's figures again, every one of them."""
     pytest.importorskip("matplotlib")
     monkeypatch.chdir(smoke)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # main() appends the working directory
     drawn = sorted(p.relative_to(smoke) for p in (smoke / "figures").rglob("*.png"))
     capsys.readouterr()
     assert cli.main(["plot", "."]) == 0
