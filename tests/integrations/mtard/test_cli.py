@@ -19,9 +19,11 @@ import torch
 from anl.integrations.mtard import cli
 from anl.integrations.mtard.attacks.registry import ATTACK_NAMES
 from anl.integrations.mtard.data.registry import DATASETS
+from anl.integrations.mtard.methods.balancers import BALANCER_NAMES
 from anl.integrations.mtard.methods.registry import METHOD_ORDER
 from anl.integrations.mtard.models import model_names
 from anl.integrations.mtard.pipeline.profile import profile_names
+from anl.integrations.mtard.pipeline.sensitivity import GRIDS
 from anl.integrations.mtard.pipeline.tasks import run_state
 from anl.integrations.mtard.runtime.files import read_json_object
 from anl.integrations.mtard.training.config import TrainConfig
@@ -120,10 +122,14 @@ USAGE = {
     "reproduce --profile bogus": (["reproduce", "--profile", "bogus"], ["profile", "smoke"]),
     "reproduce --profile half": (["reproduce", "--profile", "half.json"], ["half.json"]),
     "reproduce --profile badval": (["reproduce", "--profile", "badval.json"], ["profile["]),
-    "reproduce --profile a dir": (["reproduce", "--profile", "."], ["--profile"]),
+    "reproduce --profile a dir": (["reproduce", "--profile", "."], ["profile", "JSON"]),
     "reproduce --out a file": (["reproduce", "--profile", "smoke", "--out", "afile"], ["--out"]),
     "reproduce --data-dir a file": (["reproduce", "--data-dir", "afile"], ["--data-dir"]),
     "plot a file": (["plot", "afile"], ["DIR", "'afile'"]),
+    "sensitivity a file": (["sensitivity", "afile"], ["RESULTS_DIR", "'afile'"]),
+    "sensitivity --jobs 0": (["sensitivity", ".", "--jobs", "0"], ["--jobs"]),
+    "sensitivity --grid bogus": (["sensitivity", ".", "--grid", "x"], ["--grid"]),
+    "sensitivity not a results dir": (["sensitivity", "."], ["results_dir", "config.json"]),
     "plot an empty dir": (["plot", "."], ["DIR", "run directory", "results directory"]),
     "unknown command": (["bogus"], ["COMMAND"]),
 }
@@ -285,7 +291,7 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_option_has_help_with_its_default_at_most_once():
     parsers = _subparsers()
-    assert sorted(parsers) == ["evaluate", "plot", "reproduce", "train"]
+    assert sorted(parsers) == ["evaluate", "plot", "reproduce", "sensitivity", "train"]
     for name, parser in {"anl-mtard": cli.build_parser(), **parsers}.items():
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
@@ -311,6 +317,11 @@ def test_help_lists_the_valid_choices():
         assert attack in evaluate
     for profile in profile_names():
         assert profile in reproduce
+    for balancer in BALANCER_NAMES:
+        assert balancer in train
+    sensitivity = help_text("sensitivity")
+    for grid in GRIDS:
+        assert grid in sensitivity
     for text in (train, evaluate, reproduce):
         assert "package.module:attribute" in text
     assert "run directory" in help_text("plot") and "results directory" in help_text("plot")

@@ -44,9 +44,19 @@ def commands(text: str) -> list[list[list[str]]]:
     return blocks
 
 
+ELIDED_REQUIRED = {"train": ["--out", "RUN_DIR"]}
+"""What a command whose ``...`` leaves out its required flags gets in their place."""
+
+
 def complete(argv: list[str]) -> list[str]:
-    """``argv`` without the ``...`` that stands for flags a document leaves out."""
-    return [word for word in argv if word != "..."]
+    """``argv`` without the ``...`` that stands for flags a document leaves out (and with
+    placeholders for the required ones it may hide)."""
+    words = [word for word in argv if word != "..."]
+    if "..." in argv:
+        required = ELIDED_REQUIRED.get(words[0], [])
+        if required and required[0] not in words:
+            words += required
+    return words
 
 
 CASES = [

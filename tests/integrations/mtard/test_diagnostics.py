@@ -9,8 +9,14 @@ import pytest
 from anl.integrations.mtard.pipeline.diagnostics import (
     CIFAR10_PREMISE,
     convergence,
+    convergence_lines,
+    diagnostics_text,
+    not_converged,
     premise,
+    premise_lines,
+    premise_verdict,
     read_epochs,
+    write_diagnostics,
 )
 
 
@@ -97,3 +103,35 @@ def test_short_runs_and_reading_the_log(tmp_path):
         {"epoch": 2.0, "val_robust": 0.5, "lr": 0.1},
     ]
     assert read_epochs(tmp_path / "missing") == []
+
+
+def test_diagnostics_text_from_a_results_json_without_logs(tmp_path):
+    results = _results([0.50, 0.52, 0.54], [0.53, 0.53, 0.57])
+    results["profile"] = "toy"
+    for run in results["runs"]:
+        run["run_dir"] = str(tmp_path / "gone")
+    text = diagnostics_text(results)
+    assert "| adversarial teacher robust - SAT student robust (PGD_TRADES) | +8.0 ± 2.0 |" in text
+    assert "**The premise holds here**" in text
+    assert "were not kept" in text
+    (tmp_path / "results.json").write_text(__import__("json").dumps(results))
+    assert write_diagnostics(tmp_path).read_text() == text
+
+
+def test_convergence_table_and_unconverged_methods():
+    checks = {
+        "sat/0": convergence(_rows([0.3 + 0.01 * e for e in range(12)])),
+        "sat/1": convergence(_rows([0.5] * 12)),
+        "rslad/0": convergence(_rows([0.5] * 12)),
+    }
+    assert not_converged(checks) == ["sat"]
+    lines = convergence_lines(checks, {"sat": "SAT", "rslad": "RSLAD"})
+    assert lines[2].startswith("| SAT | seed 0: +2.0 ± 0.0 (epochs 10-12); seed 1: +0.0")
+    assert lines[2].endswith("| still rising |") and lines[3].endswith("| flattened |")
+
+
+def test_premise_verdict_lines():
+    holds = premise_lines(premise(_results([0.50, 0.52], [0.53, 0.55])))
+    assert holds[-1].startswith("**The premise holds here**")
+    fails = premise_verdict(premise(_results([0.57, 0.57], [0.58, 0.58])))
+    assert "does NOT hold" in fails and "adversarial teacher robust" in fails

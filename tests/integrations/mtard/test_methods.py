@@ -344,6 +344,25 @@ def test_mtard_kl_factor_scales_both_losses() -> None:
         assert_same(ten.losses[name], 10 * one.losses[name])
 
 
+@pytest.mark.parametrize(
+    ("method", "names"),
+    [
+        ("rslad", ("adv", "nat")),
+        ("baseline", ("adv",)),
+        ("baseline_mt", ("adv", "nat")),
+        ("ard", ("kd",)),
+    ],
+)
+def test_every_distillation_method_takes_a_kl_factor(method, names) -> None:
+    """The KL-scale control of the reports (issue #22): ``kl_factor`` scales exactly the KL
+    terms, nothing else (ARD's CE is untouched)."""
+    one, ten = Run(method), Run(method, {"kl_factor": 10.0})
+    for name in names:
+        assert_same(ten.losses[name], 10 * one.losses[name])
+    if method == "ard":
+        assert_same(ten.losses["ce"], one.losses["ce"])
+
+
 def test_baseline() -> None:
     run = Run("baseline")
     x_adv = run.replay_attack(

@@ -22,12 +22,13 @@ those state dicts load strictly:
   ``batchnorm``, ``logits``. The first convolution of a block pads ``SAME``-style: (1, 1, 1, 1)
   at stride 1, (0, 1, 0, 1) at stride 2, as TensorFlow does.
 
-  The model normalises its input with the training set's statistics. The official MTARD code
-  builds its CIFAR-100 WRNs with the *CIFAR-10* mean/std, which does not match RobustBench's
-  ``Gowal2020Uncovering`` (trained on CIFAR-100 statistics); here the default follows the data
-  set: ``dataset=None`` infers it from ``num_classes`` (100 -> CIFAR-100, 10 -> CIFAR-10).
-  A checkpoint trained with the official MTARD code needs ``dataset="cifar10"`` (or explicit
-  ``mean``/``std``) instead.
+  The model normalises its input, and the statistics must be those the checkpoint was
+  trained with. The official MTARD code builds its CIFAR-100 WRNs with the *CIFAR-10*
+  mean/std, so the authors' WRN-22-6 clean teacher needs ``dataset="cifar10"`` (the
+  ``paper-cifar100`` profile passes it); RobustBench's ``Gowal2020Uncovering`` WRN-70-16 was
+  trained with the CIFAR-100 statistics (``dataset="cifar100"``). With ``dataset=None`` the
+  statistics follow ``num_classes`` (100 -> CIFAR-100, 10 -> CIFAR-10), for models trained
+  here.
 
 The final pooling is adaptive: identical to upstream's ``avg_pool2d(out, 8)`` on 32x32 inputs.
 """

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..attacks.registry import BLACK_BOX, WHITE_BOX, attack_title
 from ..methods.registry import BASELINES, METHOD_ORDER, METHODS
+from .diagnostics import premise_verdict
 from .profile import Profile
 
 
@@ -96,11 +97,28 @@ def compare_with_claims(
     return out
 
 
-def claims_text(comparison: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The lines of ``summary.md`` that judge each claim of :func:`compare_with_claims`."""
+def claims_text(
+    comparison: Mapping[str, Mapping[str, Any]],
+    *,
+    premise: Mapping[str, Any] | None = None,
+    unconverged: Sequence[str] = (),
+) -> list[str]:
+    """The lines of ``summary.md`` that judge each claim of :func:`compare_with_claims`,
+    opened by the premise's verdict and the methods still learning when training stopped
+    (:mod:`.diagnostics`), the two conditions under which a verdict means something."""
     if not comparison:
         return ["MTARD or the baselines were not run: no comparison."]
     lines = []
+    if premise is not None:
+        lines += [premise_verdict(premise), ""]
+    if unconverged:
+        names = ", ".join(METHODS[m].label if m in METHODS else m for m in unconverged)
+        lines += [
+            f"**Not converged**: {names} (a seed's validation robust accuracy was still "
+            "rising at the end, see above). Verdicts that involve them are provisional: they "
+            "may measure how far each method got in this step budget, not where it converges.",
+            "",
+        ]
     for student, c in comparison.items():
         lines.append(f"### {student}")
         lines.append("")

@@ -21,20 +21,31 @@ twice its standard error (the epoch-to-epoch noise), otherwise it has *flattened
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..runtime.files import atomic_write_text
+
 __all__ = [
     "CIFAR10_PREMISE",
     "MIN_WINDOW",
     "RISE_POINTS",
+    "ROWS",
     "THRESHOLDS",
     "convergence",
+    "convergence_lines",
+    "diagnostics_text",
+    "not_converged",
     "premise",
+    "premise_lines",
+    "premise_verdict",
     "read_epochs",
+    "run_convergence",
+    "write_diagnostics",
 ]
 
 #: The paper's CIFAR-10 numbers (ResNet-18 students, PGD_TRADES), in accuracy points.
@@ -176,3 +187,157 @@ def convergence(rows: Sequence[Mapping[str, float]], metric: str = "val_robust")
         "rise_se": se,
         "last": ys[-1],
     }
+
+
+# ----------------------------------------------------------------------------- as text
+def premise_lines(result: Mapping[str, Any]) -> list[str]:
+    """The premise table (Markdown) and its one-line verdict, from :func:`premise`."""
+    lines = [
+        "| Premise (paper Tables 1-3) | here, mean ± std over seeds | CIFAR-10 (paper) | "
+        "threshold | |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for key, what in ROWS.items():
+        row = result["rows"].get(key)
+        if row is None:
+            lines.append(
+                f"| {what} | not measured | {CIFAR10_PREMISE[key]:+.1f} | "
+                f">= {THRESHOLDS[key]:+.0f} | |"
+            )
+            continue
+        spread = f" ± {row['std']:.1f}" if row["n"] > 1 else ""
+        lines.append(
+            f"| {what} | {row['mean']:+.1f}{spread} | {row['cifar10']:+.1f} | "
+            f">= {row['threshold']:+.0f} | {'holds' if row['holds'] else 'FAILS'} |"
+        )
+    lines += ["", premise_verdict(result)]
+    return lines
+
+
+def premise_verdict(result: Mapping[str, Any]) -> str:
+    """One line: whether the paper's premise holds here, and what follows for the claims."""
+    if result["holds"] is None:
+        return (
+            "**Premise: not measured** (" + ", ".join(result["missing"]) + " missing): the "
+            "claims below cannot be set against it."
+        )
+    if result["holds"]:
+        return (
+            "**The premise holds here**: distillation from the robust teacher can buy "
+            "robustness beyond SAT, as on CIFAR-10, so MTARD's claims can hold or fail on "
+            "their merits."
+        )
+    failed = [ROWS[k] for k, row in result["rows"].items() if not row["holds"]]
+    return (
+        "**The premise does NOT hold here** (" + "; ".join(failed) + " below the threshold): "
+        "no distillation method can beat SAT by much in this setting, so claims 2-4 below say "
+        "more about the setting than about MTARD."
+    )
+
+
+def run_convergence(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """:func:`convergence` of each run of a ``results.json`` (``"method/seed"`` keys), from
+    the epoch rows it stores (``train.epochs``) or else its run directory's log."""
+    out = {}
+    for run in runs:
+        rows = run.get("train", {}).get("epochs") or read_epochs(run.get("run_dir", ""))
+        out[f"{run['method']}/{run['seed']}"] = convergence(rows)
+    return out
+
+
+def not_converged(checks: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The methods with a run whose validation robust accuracy was still rising."""
+    return sorted({key.split("/")[0] for key, c in checks.items() if c["status"] == "still rising"})
+
+
+def convergence_lines(
+    checks: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str] | None = None
+) -> list[str]:
+    """Per method, each seed's rise of validation robust accuracy over its last epochs."""
+    labels = labels or {}
+    methods: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for key, check in checks.items():
+        method, seed = key.split("/")
+        methods.setdefault(method, []).append((seed, check))
+    if not methods:
+        return ["No run logs: the convergence check needs each run's epochs.csv."]
+    lines = [
+        "| Method | Validation robust accuracy over the last quarter of training, per seed: "
+        "rise ± its standard error (points) | Verdict |",
+        "|---|---|---|",
+    ]
+    for method, seeds in methods.items():
+        cells, statuses = [], set()
+        for seed, check in seeds:
+            statuses.add(check["status"])
+            if check["status"] == "too short":
+                cells.append(f"seed {seed}: {check['epochs']} epochs, too short")
+            else:
+                start, end = (int(e) for e in check["window"])
+                cells.append(
+                    f"seed {seed}: {check['rise']:+.1f} ± {check['rise_se']:.1f} "
+                    f"(epochs {start}-{end})"
+                )
+        verdict = (
+            "still rising"
+            if "still rising" in statuses
+            else "too short to tell"
+            if statuses == {"too short"}
+            else "flattened"
+        )
+        lines.append(f"| {labels.get(method, method)} | {'; '.join(cells)} | {verdict} |")
+    lines += [
+        "",
+        f"A run is *still rising* when its fitted rise exceeds both {RISE_POINTS:.0f} point "
+        "and twice its standard error; claims that involve a method still rising compare "
+        "students that had not finished learning.",
+    ]
+    return lines
+
+
+def diagnostics_text(results: Mapping[str, Any]) -> str:
+    """``diagnostics.md`` of a results directory: its premise and convergence checks,
+    recomputed from ``results.json`` (its stored evaluations and epoch curves, or the run
+    directories' logs when they are still there), without retraining anything."""
+    checks = run_convergence(results.get("runs", []))
+    labels = {m: m for m in {k.split("/")[0] for k in checks}}
+    return (
+        "\n".join(
+            [
+                f"# Diagnostics of the `{results.get('profile', '?')}` reproduction",
+                "",
+                f"Recomputed from `results.json` ({results.get('date', 'undated')}); "
+                "`anl-mtard diagnose RESULTS_DIR` writes this file.",
+                "",
+                "## The paper's premise, measured here",
+                "",
+                *premise_lines(premise(results)),
+                "",
+                "## Convergence of each run",
+                "",
+                *(
+                    convergence_lines(checks, labels)
+                    if any(c["status"] != "too short" or c["epochs"] for c in checks.values())
+                    else [
+                        "The epoch logs of these runs were not kept (the runs' directories are gone "
+                        "and this `results.json` predates storing the curves), so convergence "
+                        "cannot be checked here."
+                    ]
+                ),
+            ]
+        )
+        + "\n"
+    )
+
+
+def write_diagnostics(results_dir: str | Path) -> Path:
+    """Write ``<results_dir>/diagnostics.md`` from its ``results.json``; return its path."""
+    directory = Path(results_dir)
+    path = directory / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"Could not read {str(path)!r}: {exc}") from exc
+    target = directory / "diagnostics.md"
+    atomic_write_text(target, diagnostics_text(results))
+    return target

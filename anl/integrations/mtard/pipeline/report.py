@@ -25,6 +25,14 @@ from ..methods.registry import METHODS
 from ..runtime.files import atomic_write_text, json_finite
 from ..runtime.process import current_ranks
 from .claims import claims_text, compare_with_claims, paper_comparison
+from .diagnostics import (
+    convergence_lines,
+    not_converged,
+    premise,
+    premise_lines,
+    read_epochs,
+    run_convergence,
+)
 from .figures import write_figures
 from .plan import Outcome
 from .profile import Profile, Teacher
@@ -85,6 +93,34 @@ def write_report(
         "ablation.md": ablation_table(profile, agg),
         "teachers.md": teachers_table(profile, teachers, teacher_results),
     }
+    run_rows = [
+        {
+            "student": s,
+            "method": m,
+            "seed": k,
+            "run_dir": str(run_dir(out, s, m, k)),
+            "train": {
+                **{key: runs[s, m, k].get(key) for key in ("best", "final", "time_s")},
+                "epochs": _epoch_curves(run_dir(out, s, m, k)),
+            },
+            "evaluation": student_results[s, m, k],
+        }
+        for (s, m, k) in runs
+    ]
+    teacher_rows = {
+        role: {
+            "label": t.label,
+            "arch": t.arch,
+            "source": t.source,
+            "checkpoint": str(t.checkpoint),
+            "run_dir": str(t.run_dir) if t.run_dir else None,
+            "evaluation": teacher_results.get(role),
+        }
+        for role, t in teachers.items()
+    }
+    premise_check = premise({"teachers": teacher_rows, "runs": run_rows})
+    convergence_checks = run_convergence(run_rows)
+    tables["teachers.md"] = _with_premise(tables["teachers.md"], premise_check)
     for name, text in tables.items():
         atomic_write_text(out / name, text)
 
@@ -103,30 +139,12 @@ def write_report(
         "command": command,
         "machine": machine,
         "eval_settings": profile.evaluation.to_json(),
-        "teachers": {
-            role: {
-                "label": t.label,
-                "arch": t.arch,
-                "source": t.source,
-                "checkpoint": str(t.checkpoint),
-                "run_dir": str(t.run_dir) if t.run_dir else None,
-                "evaluation": teacher_results.get(role),
-            }
-            for role, t in teachers.items()
-        },
-        "runs": [
-            {
-                "student": s,
-                "method": m,
-                "seed": k,
-                "run_dir": str(run_dir(out, s, m, k)),
-                "train": {key: runs[s, m, k].get(key) for key in ("best", "final", "time_s")},
-                "evaluation": student_results[s, m, k],
-            }
-            for (s, m, k) in runs
-        ],
+        "teachers": teacher_rows,
+        "runs": run_rows,
         "aggregate": agg,
         "comparison": comparison,
+        "premise": premise_check,
+        "convergence": convergence_checks,
         "stages": stages.rows,
         "wall_time_s": total_s,
         "figures": [str(p.relative_to(out)) for p in figures],
@@ -137,7 +155,18 @@ def write_report(
     atomic_write_text(
         out / "summary.md",
         _summary(
-            profile, teachers, runs, comparison, agg, stages, machine, command, started, total_s
+            profile,
+            teachers,
+            runs,
+            comparison,
+            agg,
+            stages,
+            machine,
+            command,
+            started,
+            total_s,
+            premise_check,
+            convergence_checks,
         ),
     )
     return results
@@ -154,11 +183,18 @@ def _summary(
     command: str,
     started: datetime.datetime,
     total_s: float,
+    premise_check: Mapping[str, Any],
+    convergence_checks: Mapping[str, Mapping[str, Any]],
 ) -> str:
+    labels = {m: METHODS[m].label for m in METHODS}
     lines = [
         f"# MTARD reproduction, profile `{profile.name}`",
         "",
         profile.get("description", ""),
+        "",
+        "## The paper's premise, measured here",
+        "",
+        *premise_lines(premise_check),
         "",
         f"- Date: {started.isoformat(timespec='seconds')}",
         f"- Command: `{command}`",
@@ -223,8 +259,11 @@ def _summary(
             f"Training time recorded by the runs themselves (also for runs completed by an "
             f"earlier invocation): {sum(trained):.0f} s over {len(trained)} runs."
         )
+    lines += ["", "## Convergence of each run", "", *convergence_lines(convergence_checks, labels)]
     lines += ["", "## The paper's claims, measured here", ""]
-    lines += claims_text(comparison)
+    lines += claims_text(
+        comparison, premise=premise_check, unconverged=not_converged(convergence_checks)
+    )
     paper = paper_comparison(profile, agg)
     if paper:
         lines += ["", "## Here vs the paper", "", *paper]
@@ -253,3 +292,19 @@ def _invocations_text(stages: Stages) -> list[str]:
         f"- Wall time over all {len(invocations)} invocations of this results directory: "
         f"{total / 3600:.2f} h ({each}; invocations.json)"
     ]
+
+
+def _epoch_curves(path: Path) -> list[dict[str, float]]:
+    """Each epoch's validation accuracies, lr and weights, from the run's ``epochs.csv``
+    (kept in ``results.json`` so that the convergence check outlives the run directories)."""
+    keep = ("epoch", "val_clean", "val_robust", "val_wrobust", "lr")
+    return [
+        {k: v for k, v in row.items() if k in keep or k.startswith(("w_", "rel_"))}
+        for row in read_epochs(path)
+    ]
+
+
+def _with_premise(teachers_md: str, premise_check: Mapping[str, Any]) -> str:
+    """``teachers.md`` opened by the premise table (the teachers are half of it)."""
+    title, _, rest = teachers_md.partition("\n")
+    return "\n".join([title, "", *premise_lines(premise_check), rest])

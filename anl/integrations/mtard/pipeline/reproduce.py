@@ -103,7 +103,10 @@ def reproduce(
     if not isinstance(profile, Profile):
         profile = Profile(profile) if isinstance(profile, Mapping) else Profile.load(profile)
     out = Path(out)
-    command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    program = Path(sys.argv[0]).name
+    if program in ("__main__.py", "cli.py"):  # python -m anl.integrations.mtard(.cli)
+        program = "anl-mtard"
+    command = command or shlex.join([program, *sys.argv[1:]])
     # One process group for every stage (under torchrun; a lone process runs alone).
     with distributed_session(profile.device) as ranks:
         if ranks.enabled and jobs > 1:

@@ -26,7 +26,7 @@ from ..checks import check_float, check_int, fail, is_real
 from ..data.registry import DATASETS
 from ..evaluation.validation import VAL_ATTACKS
 from ..methods.context import TEACHER_ROLES
-from ..methods.registry import METHODS
+from ..methods.registry import METHODS, check_method_balancer
 from ..models import MODELS
 from ..runtime.execution import MEMORY_FORMATS
 from ..runtime.files import atomic_write_text
@@ -133,8 +133,21 @@ class TrainConfig:
         metadata=_h("lr milestones as fractions of the epochs"),
     )
     lr_gamma: float = field(default=0.1, metadata=_h("lr (and weight_lr) factor at milestones"))
-    weight_lr: float = field(default=0.025, metadata=_h("ANL weight rate r_w (paper Eq. 9-11)"))
+    weight_lr: float = field(
+        default=0.025,
+        metadata=_h("ANL weight rate r_w (paper Eq. 9-11); FAMO's logits step size"),
+    )
     beta: float = field(default=1.0, metadata=_h("ANL exponent beta (paper Eq. 8)"))
+    balancer: str = field(
+        default="anl",
+        metadata=_h(
+            "MTARD's loss weighting (the paper: anl; methods with constant weights take anl only)"
+        ),
+    )
+    balancer_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_h("JSON dict of the balancer's hyperparameters (default: the rule's own)"),
+    )
     eps: float | None = field(
         default=None,
         metadata=_h(
@@ -193,11 +206,18 @@ class TrainConfig:
                 fail(
                     f"{role}_teacher", None, f"a checkpoint path (method {self.method!r} needs one)"
                 )
-        for name in ("clean_teacher_kwargs", "adv_teacher_kwargs", "student_kwargs", "hyper"):
+        for name in (
+            "clean_teacher_kwargs",
+            "adv_teacher_kwargs",
+            "student_kwargs",
+            "hyper",
+            "balancer_kwargs",
+        ):
             value = getattr(self, name)
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 fail(name, value, "a dict with string keys")
         spec.resolve_hyper(self.hyper)  # unknown keys and bad values raise ValueError
+        check_method_balancer(spec, self.balancer, self.balancer_kwargs)
         for name in (
             "fold_bn",
             "fold_attack_bn",
