@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,6 +182,17 @@ def test_jobs_must_be_a_positive_integer(smoke, tmp_path, jobs):
 def test_existing_results_need_resume(smoke):
     with pytest.raises(ValueError, match="resume"):
         reproduce(json.loads((smoke / "config.json").read_text()), smoke)
+
+
+def test_plot_redraws_the_figures_of_a_results_directory(smoke, capsys, monkeypatch):
+    """`anl-mtard plot RESULTS_DIR` draws the report's figures again, every one of them."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(smoke)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # main() appends the working directory
+    drawn = sorted(p.relative_to(smoke) for p in (smoke / "figures").rglob("*.png"))
+    capsys.readouterr()
+    assert cli.main(["plot", "."]) == 0
+    assert sorted(Path(p) for p in capsys.readouterr().out.split()) == drawn
 
 
 def test_resume_skips_completed_stages(smoke, monkeypatch):

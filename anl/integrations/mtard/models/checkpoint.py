@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..runtime.files import PathLike, atomic_save, safe_load_verified
 from ..runtime.integrity import DIGEST_KEY, warn_unhashed
-from . import build_model, model_names
+from . import MODELS, build_model, model_names
 from .state_dict import (
     check_state_dict,
     load_state_dict_strict,
@@ -122,7 +122,7 @@ def _check_payload(payload: Mapping[str, Any], path: PathLike) -> None:
             f"<= {VERSION}."
         )
     problems = []
-    if payload.get("arch") not in model_names():
+    if payload.get("arch") not in MODELS:
         problems.append(f"arch = {payload.get('arch')!r} (known: {model_names()})")
     for key in ("num_classes", "in_channels"):
         if not isinstance(payload.get(key), int):
@@ -180,7 +180,7 @@ def save_model_checkpoint(
             ``extra`` entries that are reserved or not loadable with ``weights_only=True``.
     """
     model = unwrap_model(model)
-    if arch not in model_names():
+    if arch not in MODELS:
         raise ValueError(
             f"Parameter `arch` should be one of {model_names()}. Found `arch = {arch!r}`."
         )
@@ -364,7 +364,7 @@ def load_teacher(
         raise ValueError(
             f"Parameter `fmt` should be one of {list(TEACHER_FORMATS)}. Found `fmt = {fmt!r}`."
         )
-    if arch not in model_names():
+    if arch not in MODELS:
         raise ValueError(
             f"Parameter `arch` should be one of {model_names()}. Found `arch = {arch!r}`."
         )

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..attacks.registry import ATTACK_NAMES, TRANSFER_ATTACKS, make_attack
-from ..checks import fail
+from ..checks import fail, is_real
 from ..data.registry import DATASETS
 from ..methods.context import TEACHER_ROLES
 from ..methods.registry import METHOD_ORDER, METHODS
@@ -168,8 +168,7 @@ def validate(profile: Mapping[str, Any]) -> None:
     threads = profile.get("threads")
     if threads is not None and (isinstance(threads, bool) or threads < 1):
         fail("profile['threads']", threads, "None or an integer >= 1")
-    if profile["dataset"] not in DATASETS:
-        fail("profile['dataset']", profile["dataset"], f"one of {sorted(DATASETS)}")
+    DATASETS.resolve(profile["dataset"], parameter="profile['dataset']")
     seeds = profile["seeds"]
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         fail("profile['seeds']", seeds, "a non-empty list of integers")
@@ -225,8 +224,8 @@ def _validate_evaluation(evaluation: Mapping[str, Any]) -> None:
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         fail("profile['evaluation']['n_examples']", n, "None or an integer >= 1")
     eps = evaluation.get("eps")
-    if eps is not None and (not isinstance(eps, (int, float)) or not eps > 0):
-        fail("profile['evaluation']['eps']", eps, "None or a positive number")
+    if eps is not None and (not is_real(eps) or not 0 < eps <= 1):
+        fail("profile['evaluation']['eps']", eps, "None or a number in (0, 1]")
     overrides = evaluation.get("attack_overrides", {})
     if not isinstance(overrides, dict) or not set(overrides) <= set(attacks):
         fail("profile['evaluation']['attack_overrides']", overrides, "a dict keyed by attacks")

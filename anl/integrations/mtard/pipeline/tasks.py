@@ -28,6 +28,7 @@ from ..models.checkpoint import load_model
 from ..runtime.files import (
     atomic_save,
     read_json,
+    read_json_object,
     read_json_verified,
     safe_load,
     safe_load_verified,
@@ -94,7 +95,7 @@ def run_state(run_dir: Path, config: TrainConfig) -> str:
             + "). Choose another --out, or delete that run directory."
         )
     metrics = run_dir / "metrics.json"
-    finished = metrics.exists() and json.loads(metrics.read_text()).get("finished")
+    finished = metrics.exists() and read_json_object(metrics).get("finished")
     if finished and (run_dir / "final.pt").exists():
         return "done"
     return "partial"
@@ -108,7 +109,7 @@ def train_task(
     state = run_state(run_dir, config) if resume else "new"
     agree(state, f"the state of the run {str(run_dir)!r}", current_ranks())
     if state == "done":
-        return json.loads((run_dir / "metrics.json").read_text()), "skipped (complete)"
+        return read_json_object(run_dir / "metrics.json"), "skipped (complete)"
     metrics = train(
         config, run_dir, resume=state == "partial", progress=progress, train_data=data.load()
     )

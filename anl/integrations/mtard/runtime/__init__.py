@@ -10,7 +10,9 @@ optional dependencies.
 - :mod:`.execution`: how a network runs: its memory format, its train/eval mode, the torch
   threads;
 - :mod:`.optional`: the optional dependencies (tqdm, matplotlib, pyautoattack, tensorboard),
-  imported only where needed, with one line naming the pip extra when one is missing.
+  imported only where needed, with one line naming the pip extra when one is missing;
+- :mod:`.plugins`: a registry by name that also accepts import paths
+  (``package.module:attribute``), for the user's own models and datasets.
 
-It imports nothing from the rest of the package.
+It imports nothing from the rest of the package but :mod:`..checks`.
 """

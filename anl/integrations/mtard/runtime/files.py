@@ -17,8 +17,8 @@ official MTARD code loads checkpoints with unrestricted unpickling, which runs w
 file asks for; here such a file is refused with a :class:`ValueError` naming the global it
 asks for. :func:`safe_load` and :func:`read_json` verify a content hash when the file has one
 (:class:`~.integrity.CorruptFileError` when it differs) and return the dict without it; their
-``*_verified`` forms also say whether there was one. :func:`json_finite` makes a result strict
-JSON (no NaN).
+``*_verified`` forms also say whether there was one; :func:`read_json_object` also insists on a
+JSON object. :func:`json_finite` makes a result strict JSON (no NaN).
 """
 
 from __future__ import annotations
@@ -360,4 +360,21 @@ def json_finite(value: Any) -> Any:
         return [json_finite(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    return value
+
+
+def read_json_object(path: PathLike) -> dict[str, Any]:
+    """:func:`read_json` of a file that must hold a JSON object (a dict).
+
+    Raises:
+        FileNotFoundError, PermissionError, ...: the file cannot be opened (the ``OSError``
+            names it).
+        CorruptFileError (a ValueError): naming the file, when it is not JSON (e.g. truncated
+            by a crash), its content hash differs, or it holds something other than an object.
+    """
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise CorruptFileError(
+            f"'{path}' should hold a JSON object. Found a {type(value).__name__}."
+        )
     return value
