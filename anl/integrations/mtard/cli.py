@@ -1,14 +1,14 @@
-"""The ``anl-mtard`` command: ``train``, ``evaluate``, ``reproduce``, ``plot`` and
-``sensitivity``.
+"""The ``anl-mtard`` command: ``train``, ``evaluate``, ``reproduce``, ``plot``, ``diagnose``
+and ``sensitivity``.
 
 Every subcommand is defined here, so that no library module imports :mod:`argparse`: one
 ``add_<name>_command`` function per subcommand, listed in :data:`SUBCOMMANDS`, adds its flags
 and the function that turns them into a call of the library
 (:func:`~.training.trainer.train`, :func:`~.evaluation.robustness.evaluate`,
 :func:`~.pipeline.reproduce.reproduce`, :func:`~.plots.plot_run`,
-:func:`~.pipeline.sensitivity.sensitivity`). Under ``torchrun`` every
-rank runs the command and rank 0 prints. ``python -m anl.integrations.mtard`` is the same
-command.
+:func:`~.pipeline.diagnostics.write_diagnostics`,
+:func:`~.pipeline.sensitivity.sensitivity`). Under ``torchrun`` every rank runs the command
+and rank 0 prints. ``python -m anl.integrations.mtard`` is the same command.
 
 Errors. The library raises exceptions that name the argument or file at fault; :func:`main`
 answers each with one line on stderr, ``anl-mtard <command>: error: <what is wrong>``, and an
@@ -53,6 +53,7 @@ from .methods.balancers import BALANCER_NAMES
 from .methods.registry import METHOD_ORDER
 from .models import MODELS, model_names
 from .models.checkpoint import load_model, load_teacher
+from .pipeline.diagnostics import write_diagnostics
 from .pipeline.figures import write_figures
 from .pipeline.profile import Profile, profile_names
 from .pipeline.reproduce import reproduce
@@ -938,6 +939,46 @@ def run_plot_command(args: argparse.Namespace) -> int:
 
 
 # ==============================================================================================
+# anl-mtard diagnose
+# ==============================================================================================
+def add_diagnose_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``diagnose``: the premise table and the convergence check of a results directory."""
+    parser = subparsers.add_parser(
+        "diagnose",
+        help="write the premise table and the convergence check of a results directory",
+        description=(
+            "Recompute, from a results directory's results.json (its stored evaluations and "
+            "epoch curves) without retraining anything, the paper's premise measured there "
+            "(teacher and RSLAD robustness against SAT's, the clean teacher's margin) and "
+            "whether each run's validation robust accuracy had flattened, and write them to "
+            "DIR/diagnostics.md."
+        ),
+    )
+    parser.add_argument(
+        "directory",
+        type=Path,
+        metavar="DIR",
+        help="a results directory (anl-mtard reproduce --out, with results.json)",
+    )
+    add_debug_flag(parser)
+    parser.set_defaults(func=run_diagnose_command, prog=parser.prog)
+
+
+def run_diagnose_command(args: argparse.Namespace) -> int:
+    """Run ``anl-mtard diagnose``; prints the file written and its contents."""
+    directory = directory_argument(args.directory, "DIR")
+    assert directory is not None
+    if not (directory / "results.json").is_file():
+        raise FileNotFoundError(
+            f"'{directory / 'results.json'}' does not exist: DIR must be a results directory "
+            "(anl-mtard reproduce --out)"
+        )
+    written = write_diagnostics(directory)
+    print(written.read_text())
+    return 0
+
+
+# ==============================================================================================
 # anl-mtard sensitivity
 # ==============================================================================================
 def add_sensitivity_command(subparsers: argparse._SubParsersAction) -> None:
@@ -1065,6 +1106,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_evaluate_command,
     add_reproduce_command,
     add_plot_command,
+    add_diagnose_command,
     add_sensitivity_command,
 )
 """The subcommands, in the order ``--help`` lists them: each adds its parser and sets ``func``

@@ -195,6 +195,24 @@ def test_plot_redraws_the_figures_of_a_results_directory(smoke, capsys, monkeypa
     assert sorted(Path(p) for p in capsys.readouterr().out.split()) == drawn
 
 
+def test_diagnose_writes_the_premise_and_convergence_of_a_results_directory(
+    smoke, capsys, tmp_path
+):
+    """`anl-mtard diagnose RESULTS_DIR` recomputes diagnostics.md from results.json alone."""
+    copy = tmp_path / "results"
+    copy.mkdir()
+    (copy / "results.json").write_bytes((smoke / "results.json").read_bytes())
+    capsys.readouterr()
+    assert cli.main(["diagnose", str(copy)]) == 0
+    written = (copy / "diagnostics.md").read_text()
+    assert written.startswith("# Diagnostics of the `test` reproduction")
+    assert "## The paper's premise, measured here" in written
+    assert "## Convergence of each run" in written
+    assert written in capsys.readouterr().out
+    assert cli.main(["diagnose", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_resume_skips_completed_stages(smoke, monkeypatch):
     out = smoke  # in place: ends as complete as it started
     table = (out / "white_box.md").read_text()
