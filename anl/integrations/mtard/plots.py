@@ -3,24 +3,34 @@
 All figures read plain dicts of NumPy arrays as :func:`read_log` returns them (one array per
 CSV column), so they work on any run directory without pandas. They are drawn with
 matplotlib's object-oriented API on the Agg canvas (no pyplot, no global backend change) and
-written as PNG files. matplotlib (``pip install "anl[mtard]"``) is imported when a figure is
-drawn.
+written twice by :func:`save_figure`: a PNG at :data:`DPI` dots per inch, and an SVG of the
+same name beside it (:func:`figure_files`). matplotlib (``pip install "anl[mtard]"``) is
+imported when a figure is drawn.
+
+Every figure with an epoch axis marks the learning-rate milestones, read from the logs' ``lr``
+column (:func:`lr_drops`), with dashed vertical lines: the lr (and ANL's rate ``r_w``) is
+multiplied by ``lr_gamma`` after those epochs. A run given as several logs (one per seed) is
+drawn as the mean over the seeds with a band from the lowest to the highest seed
+(:func:`seed_band`); a run of one log is drawn as is.
 
 - :func:`plot_total_loss`: the total training loss per epoch of several runs, with a zoom on
-  the last epochs (paper Fig. 3: Baseline, Baseline+MT, MTARD, right panel the final 60 of 300
-  epochs).
+  the last epochs when the run is long enough (paper Fig. 3: Baseline, Baseline+MT, MTARD,
+  right panel the final 60 of 300 epochs).
 - :func:`plot_relative_losses`: the relative losses ``L~_i = L_i(t) / L_i(0)`` (paper Eq. 7)
   per epoch, one panel per run (paper Fig. 4: Baseline+MT and MTARD).
-- :func:`plot_weights`: the weight of each loss over the steps.
-- :func:`plot_accuracy`: validation clean, robust and W-Robust accuracy per epoch.
+- :func:`plot_weights`: the weight of each loss at every step, on an epoch axis.
+- :func:`plot_accuracy`: validation clean, robust and W-Robust accuracy per epoch of one run;
+  :func:`plot_accuracy_grid`: the same for several runs, one panel each, in one figure.
 - :func:`plot_run`: the figures of one run directory.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +38,21 @@ import numpy as np
 from .runtime.optional import require
 
 Log = Mapping[str, np.ndarray]
+#: A run to draw: one log, or one log per seed (drawn as their mean and min-max band).
+Seeds = Log | Sequence[Log]
+
+DPI = 200
+"""Resolution of the PNG files."""
+VECTOR_FORMAT = "svg"
+"""The vector file written beside each PNG: SVG, which browsers and GitHub's Markdown show
+inline (a PDF is only a link there), and which is a few tens of kB for these curves."""
+MILESTONE_GID = "milestone"
+"""The ``gid`` of the dashed vertical lines that mark the lr milestones."""
+BAND_GID = "seed-band"
+"""The ``gid`` of the shaded min-max band over seeds."""
+
+_PURPOSE = "Figures (off with --no-plots)"
+_ACCURACY = (("val_clean", "clean"), ("val_robust", "robust"), ("val_wrobust", "W-Robust"))
 
 
 def read_log(csv_path: str | Path) -> dict[str, np.ndarray]:
@@ -75,6 +100,14 @@ def _check_log(log: Log, needed: tuple[str, ...], what: str) -> None:
         )
 
 
+def _seeds(run: Seeds, what: str) -> list[Log]:
+    """The logs of a run: ``[run]`` for one log, else the sequence as a list."""
+    logs = [run] if isinstance(run, Mapping) else list(run)
+    if not logs:
+        raise ValueError(f"Parameter `{what}` should hold at least one log. Found none.")
+    return logs
+
+
 def per_epoch(log: Log, column: str) -> tuple[np.ndarray, np.ndarray]:
     """``(epochs, values)``: the column as is for an epochs log, averaged per epoch for a
     steps log (one that has a ``step`` column)."""
@@ -86,53 +119,223 @@ def per_epoch(log: Log, column: str) -> tuple[np.ndarray, np.ndarray]:
     return unique, np.array([np.nanmean(values[epochs == e]) for e in unique])
 
 
+def step_positions(log: Log) -> np.ndarray:
+    """Where each row of a steps log sits on an epoch axis: the ``n`` steps of epoch ``e`` at
+    ``e - 1 + 1/n, ..., e`` (the last step of an epoch at the epoch's own number, where the
+    epochs log puts that epoch's row)."""
+    _check_log(log, ("epoch", "step"), "log")
+    epochs = np.asarray(log["epoch"])
+    positions = np.empty_like(epochs, dtype=np.float64)
+    for e in np.unique(epochs):
+        rows = np.flatnonzero(epochs == e)
+        positions[rows] = e - 1 + np.arange(1, len(rows) + 1) / len(rows)
+    return positions
+
+
+@dataclasses.dataclass(frozen=True)
+class Band:
+    """A column over seeds: at each ``x``, the ``mean``, ``low`` (min) and ``high`` (max) of
+    the ``n`` seeds' values."""
+
+    x: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n: int
+
+
+def seed_band(logs: Sequence[Log], column: str, *, per_step: bool = False, group: int = 1) -> Band:
+    """Mean, min and max of ``column`` over the logs of one run's seeds, at the epochs (or,
+    with ``per_step``, the steps, placed by :func:`step_positions`) that every log has.
+
+    With ``group > 1``, each seed's values are first averaged over consecutive groups of
+    ``group`` rows (the last group may be shorter), each group placed at its rows' mean
+    position: the band is then the seeds' spread, not the step-to-step noise.
+    """
+    if not logs:
+        raise ValueError("Parameter `logs` should hold at least one log. Found none.")
+    if group < 1:
+        raise ValueError(f"Parameter `group` should be a positive integer. Found {group!r}.")
+    if per_step:
+        series = []
+        for log in logs:
+            _check_log(log, ("epoch", "step", column), "log")
+            series.append((step_positions(log), np.asarray(log[column])))
+    else:
+        series = [per_epoch(log, column) for log in logs]
+    x = series[0][0]
+    for xs, _ in series[1:]:
+        x = np.intersect1d(x, xs)
+    x = np.unique(x)
+    rows = []
+    for xs, ys in series:
+        keep = np.isin(xs, x)
+        rows.append(ys[keep][np.argsort(xs[keep], kind="stable")])
+    values = np.vstack(rows) if rows else np.empty((0, 0))
+    if group > 1 and len(x):
+        starts = np.arange(0, len(x), group)
+        counts = np.diff(np.append(starts, len(x)))
+        x = np.add.reduceat(x, starts) / counts
+        values = np.add.reduceat(values, starts, axis=1) / counts
+    with warnings.catch_warnings():  # all-NaN columns (no validation split) stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return Band(
+            x=x,
+            mean=np.nanmean(values, axis=0),
+            low=np.nanmin(values, axis=0),
+            high=np.nanmax(values, axis=0),
+            n=len(logs),
+        )
+
+
+def lr_drops(log: Log) -> list[float]:
+    """The epochs after which the logged learning rate fell: the milestones that took effect.
+
+    Read from the ``lr`` column (an epochs or a steps log), so a milestone at the last epoch,
+    which changes nothing that was trained, is not among them. A log without ``lr`` has none.
+    """
+    if "lr" not in log or "epoch" not in log:
+        return []
+    epochs, lr = per_epoch(log, "lr")
+    return [float(epochs[i]) for i in range(len(lr) - 1) if lr[i + 1] < lr[i]]
+
+
+def _milestones(logs: Sequence[Log]) -> list[float]:
+    return sorted({e for log in logs for e in lr_drops(log)})
+
+
+def _mark_milestones(ax, epochs: Sequence[float], label: str = "lr drop") -> None:
+    """Dashed vertical lines at the milestones, in the legend once as ``label``."""
+    for i, epoch in enumerate(epochs):
+        ax.axvline(
+            epoch,
+            color="0.45",
+            linestyle=(0, (4, 3)),
+            linewidth=0.9,
+            zorder=1,
+            gid=MILESTONE_GID,
+            label=label if i == 0 else "_nolegend_",
+        )
+
+
+def _draw_band(ax, band: Band, *, label: str, color=None, marker=None):
+    """The mean as a line and, for several seeds, the min-max band in its colour."""
+    (line,) = ax.plot(band.x, band.mean, label=label, color=color, marker=marker, zorder=3)
+    if band.n > 1:
+        ax.fill_between(
+            band.x,
+            band.low,
+            band.high,
+            color=line.get_color(),
+            alpha=0.2,
+            linewidth=0,
+            zorder=2,
+            gid=BAND_GID,
+        )
+    return line
+
+
+def _seeds_text(runs: Sequence[Sequence[Log]]) -> str:
+    """`` (mean of 3 seeds, band: min to max)`` when any run has several seeds, else ``""``."""
+    counts = sorted({len(logs) for logs in runs})
+    if counts[-1] < 2:
+        return ""
+    n = "/".join(str(c) for c in counts)
+    return f" (mean of {n} seeds, band: min to max)"
+
+
 def _math(symbol: str, name: str) -> str:
     """A mathtext label such as ``$\\tilde{L}_{\\mathrm{adv}}$`` (underscores escaped)."""
     escaped = name.replace("_", r"\_")
     return "$" + symbol + r"_{\mathrm{" + escaped + "}}$"
 
 
-def _figure(ncols: int, *, width: float = 5.0, height: float = 3.6):
-    figure = require("matplotlib.figure", "Figures (off with --no-plots)")
-    fig = figure.Figure(figsize=(width * ncols, height), layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
+def _figure(nrows: int, ncols: int, *, width: float = 5.0, height: float = 3.6, **kwargs):
+    """A figure of ``nrows x ncols`` panels of ``width x height`` inches; ``(fig, axes)``
+    with ``axes`` a 2-D array."""
+    figure = require("matplotlib.figure", _PURPOSE)
+    fig = figure.Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
     return fig, axes
 
 
 def _epoch_axis(ax) -> None:
-    """Label the x axis "epoch" with whole-number ticks (no 2.5 epochs)."""
-    ticker = require("matplotlib.ticker", "Figures (off with --no-plots)")
+    """Label the x axis "epoch" with whole-number ticks (no 2.5 epochs); data over less than
+    two epochs (a one-epoch run) get a range of one epoch more and a tick per epoch."""
+    ticker = require("matplotlib.ticker", _PURPOSE)
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    lo, hi = ax.dataLim.intervalx
+    if np.isfinite([lo, hi]).all() and hi - lo < 2:
+        ax.set_xlim(lo - 0.5, hi + 0.5)
+        ax.xaxis.set_major_locator(ticker.MultipleLocator(1))
+    else:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
 
 
-def save_png(fig, out_path: str | Path) -> Path:
-    """Write ``fig`` as a PNG file (folders created); returns its path."""
+def figure_files(png_path: str | Path) -> list[Path]:
+    """The files :func:`save_figure` writes for ``png_path``: the PNG and the vector file."""
+    path = Path(png_path)
+    return [path, path.with_suffix("." + VECTOR_FORMAT)]
+
+
+def save_figure(fig, out_path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at :data:`DPI` and as an SVG beside it (same name, ``.svg``;
+    folders created); returns the PNG's path.
+
+    The SVG is byte-for-byte the same for the same figure (no date, fixed element ids), so a
+    redrawn figure that did not change leaves no difference in a repository.
+    """
     path = Path(out_path)
+    if path.suffix != ".png":
+        raise ValueError(
+            f"Parameter `out_path` should name a .png file (the .svg goes beside it). "
+            f"Found {str(path)!r}."
+        )
+    mpl = require("matplotlib", _PURPOSE)
+    png, vector = figure_files(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=120)
-    return path
+    fig.savefig(png, format="png", dpi=DPI)
+    with mpl.rc_context({"svg.hashsalt": "anl-mtard"}):
+        fig.savefig(vector, format=VECTOR_FORMAT, metadata={"Date": None})
+    return png
+
+
+def zoom_window(last_epoch: int, fraction: float, min_epochs: int) -> tuple[int, int] | None:
+    """The last epochs a zoom panel shows, ``(first, last)``, or None when the zoom would
+    show fewer than ``min_epochs`` epochs or the whole run (a short run: nothing to zoom on).
+
+    >>> zoom_window(300, 0.2, 3), zoom_window(20, 0.2, 3), zoom_window(3, 0.2, 3)
+    ((241, 300), (17, 20), None)
+    """
+    width = max(1, round(fraction * last_epoch))
+    if width < min_epochs or width >= last_epoch:
+        return None
+    return last_epoch - width + 1, last_epoch
 
 
 def plot_total_loss(
-    runs: Mapping[str, Log],
+    runs: Mapping[str, Seeds],
     out_path: str | Path,
     *,
     column: str = "total",
     zoom_fraction: float = 0.2,
+    min_zoom_epochs: int = 3,
     title: str | None = "Total training loss",
 ) -> Path:
     """Total loss per epoch of several runs, full run on the left, last epochs on the right.
 
     The analogue of the paper's Fig. 3 (``L_total`` of Baseline, Baseline+MT and MTARD; the
-    right panel shows the final 60 of 300 epochs, ``zoom_fraction = 0.2``).
+    right panel shows the final 60 of 300 epochs, ``zoom_fraction = 0.2``). The zoom panel is
+    drawn only when it shows at least ``min_zoom_epochs`` epochs and not the whole run
+    (:func:`zoom_window`); a short run has the full panel alone.
 
     Args:
-        runs: label -> log (epochs or steps log of :func:`read_log`; a steps log is averaged
-            per epoch).
-        out_path: PNG file to write.
+        runs: label -> log, or label -> one log per seed (mean and min-max band); epochs or
+            steps logs of :func:`read_log` (a steps log is averaged per epoch).
+        out_path: PNG file to write (the SVG goes beside it).
         column: the loss column (``"total"``, or e.g. ``"loss_adv"``).
         zoom_fraction: the fraction of the last epochs shown in the right panel, in (0, 1].
+        min_zoom_epochs: the fewest epochs worth a zoom panel.
     """
     if not runs:
         raise ValueError("Parameter `runs` should hold at least one run. Found none.")
@@ -141,105 +344,196 @@ def plot_total_loss(
             "Parameter `zoom_fraction` should be in (0, 1]. "
             f"Found `zoom_fraction = {zoom_fraction!r}`."
         )
-    fig, (full, zoom) = _figure(2)
-    last_epoch = 0.0
-    series = {}
-    for label, log in runs.items():
-        series[label] = per_epoch(log, column)
-        if len(series[label][0]):
-            last_epoch = max(last_epoch, float(np.nanmax(series[label][0])))
-    start = last_epoch - max(1.0, round(zoom_fraction * last_epoch)) + 1
-    for label, (epochs, values) in series.items():
-        full.plot(epochs, values, label=label)
-        keep = epochs >= start
-        zoom.plot(epochs[keep], values[keep], label=label, marker="." if keep.sum() < 30 else None)
-    full.set_title(title or "")
-    zoom.set_title(f"epochs {int(start)} to {int(last_epoch)}")
-    for ax in (full, zoom):
+    logs = {label: _seeds(run, "runs") for label, run in runs.items()}
+    bands = {label: seed_band(seeds, column) for label, seeds in logs.items()}
+    last_epoch = max((int(np.nanmax(b.x)) for b in bands.values() if len(b.x)), default=0)
+    window = zoom_window(last_epoch, zoom_fraction, min_zoom_epochs)
+    fig, axes = _figure(1, 2 if window else 1, width=5.0 if window else 6.0)
+    full = axes[0, 0]
+    milestones = _milestones([log for seeds in logs.values() for log in seeds])
+    for i, (label, band) in enumerate(bands.items()):
+        _draw_band(full, band, label=label, color=f"C{i}", marker="." if len(band.x) < 30 else None)
+    _mark_milestones(full, milestones)
+    if title:
+        fig.suptitle(title + _seeds_text(list(logs.values())))
+    panels = [full]
+    if window:
+        first, last = window
+        zoom = axes[0, 1]
+        for i, (label, band) in enumerate(bands.items()):
+            keep = band.x >= first
+            part = Band(band.x[keep], band.mean[keep], band.low[keep], band.high[keep], band.n)
+            _draw_band(zoom, part, label=label, color=f"C{i}", marker=".")
+        _mark_milestones(zoom, [m for m in milestones if first <= m <= last])
+        pad = 0.03 * (last - first)
+        zoom.set_xlim(first - pad, last + pad)
+        full.set_title("all epochs")
+        zoom.set_title(f"epochs {first} to {last}")
+        panels.append(zoom)
+    for ax in panels:
         _epoch_axis(ax)
-        ax.set_ylabel(column)
+        ax.set_ylabel("total loss" if column == "total" else column)
         ax.grid(alpha=0.3)
     full.legend()
-    return save_png(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def plot_relative_losses(
-    runs: Mapping[str, Log],
+    runs: Mapping[str, Seeds],
     out_path: str | Path,
     *,
     title: str | None = "Relative training losses",
 ) -> Path:
-    """Relative losses ``L~_i(t) = L_i(t) / L_i(0)`` per epoch, one panel per run.
+    """Relative losses ``L~_i(t) = L_i(t) / L_i(0)`` per epoch, one panel per run, one y axis.
 
     The analogue of the paper's Fig. 4 (``L~_adv`` and ``L~_nat`` of Baseline+MT and MTARD):
     the lower a relative loss, the more the student learnt from that teacher; their gap shows
     the trade-off. Each log needs ``epoch`` and ``rel_<name>`` columns (an epochs log, or a
-    steps log averaged per epoch).
+    steps log averaged per epoch); a run of several logs is drawn as their mean and band.
     """
     if not runs:
         raise ValueError("Parameter `runs` should hold at least one run. Found none.")
-    fig, axes = _figure(len(runs))
-    for ax, (label, log) in zip(axes, runs.items(), strict=True):
-        names = _columns(log, "rel_")
+    logs = {label: _seeds(run, "runs") for label, run in runs.items()}
+    fig, axes = _figure(1, len(logs), sharey=True)
+    for ax, (label, seeds) in zip(axes[0], logs.items(), strict=True):
+        names = _columns(seeds[0], "rel_")
         if not names:
             raise ValueError(
-                f"The log of run {label!r} should hold `rel_<loss>` columns. Found {list(log)}."
+                f"The log of run {label!r} should hold `rel_<loss>` columns. "
+                f"Found {list(seeds[0])}."
             )
-        for name in names:
-            epochs, values = per_epoch(log, name)
-            ax.plot(epochs, values, label=_math("\\tilde{L}", name[len("rel_") :]))
+        for i, name in enumerate(names):
+            band = seed_band(seeds, name)
+            marker = "." if len(band.x) < 30 else None
+            symbol = _math("\\tilde{L}", name[len("rel_") :])
+            _draw_band(ax, band, label=symbol, color=f"C{i}", marker=marker)
+        _mark_milestones(ax, _milestones(seeds))
         ax.set_title(label)
         _epoch_axis(ax)
-        ax.set_ylabel("relative loss L(t) / L(0)")
         ax.grid(alpha=0.3)
         ax.legend()
+    axes[0, 0].set_ylabel("relative loss L(t) / L(0)")
     if title:
-        fig.suptitle(title)
-    return save_png(fig, out_path)
+        fig.suptitle(title + _seeds_text(list(logs.values())))
+    return save_figure(fig, out_path)
 
 
-def plot_weights(log: Log, out_path: str | Path, *, title: str | None = "Loss weights") -> Path:
-    """The weight ``w_i`` of each loss over the optimisation steps (a steps log).
+def plot_weights(
+    logs: Seeds,
+    out_path: str | Path,
+    *,
+    title: str | None = "Loss weights",
+    max_points: int = 500,
+) -> Path:
+    """The weight ``w_i`` of each loss over the optimisation steps (steps logs), on an epoch
+    axis (:func:`step_positions`), with the lr milestones; several logs (seeds) as their
+    mean and min-max band.
 
-    Under ANL the weights move towards the loss whose relative value fell least (Eq. 8-9).
+    A run of more than ``max_points`` steps is drawn as the means of groups of
+    ``ceil(steps / max_points)`` consecutive steps (said in the y label): a 20-epoch run of
+    430 steps an epoch as 478 points of 18 steps, which keeps the SVG small and makes the band
+    the spread between seeds rather than the noise between steps.
+
+    Under ANL the weights move towards the loss whose relative value fell least (Eq. 8-9), at
+    the rate ``r_w``, which drops with the lr at each milestone.
     """
-    _check_log(log, ("step",), "log")
-    names = _columns(log, "w_")
+    seeds = _seeds(logs, "logs")
+    for log in seeds:
+        _check_log(log, ("step",), "log")
+    names = _columns(seeds[0], "w_")
     if not names:
-        raise ValueError(f"Parameter `log` should hold `w_<loss>` columns. Found {list(log)}.")
-    fig, (ax,) = _figure(1, width=6.0)
-    for name in names:
-        ax.plot(log["step"], log[name], label=_math("w", name[len("w_") :]))
-    ax.set_xlabel("step")
-    ax.set_ylabel("weight")
-    ax.set_title(title or "")
+        raise ValueError(f"Parameter `log` should hold `w_<loss>` columns. Found {list(seeds[0])}.")
+    group = max(1, math.ceil(min(len(log["step"]) for log in seeds) / max_points))
+    fig, axes = _figure(1, 1, width=6.5)
+    ax = axes[0, 0]
+    for i, name in enumerate(names):
+        band = seed_band(seeds, name, per_step=True, group=group)
+        marker = "." if len(band.x) < 30 else None
+        _draw_band(ax, band, label=_math("w", name[len("w_") :]), color=f"C{i}", marker=marker)
+    adaptive = any(np.nanmax(log[n]) > np.nanmin(log[n]) for log in seeds for n in names)
+    _mark_milestones(ax, _milestones(seeds), "lr and $r_w$ drop" if adaptive else "lr drop")
+    _epoch_axis(ax)
+    ax.set_ylabel("weight" + (f" (mean of {group} steps)" if group > 1 else ""))
+    ax.set_title((title or "") + _seeds_text([seeds]))
     ax.grid(alpha=0.3)
     ax.legend()
-    return save_png(fig, out_path)
+    return save_figure(fig, out_path)
+
+
+def _accuracy_panel(ax, seeds: Sequence[Log]) -> None:
+    """Clean, robust and W-Robust validation accuracy (%) of one run, with the milestones."""
+    for log in seeds:
+        _check_log(log, ("epoch", *(c for c, _ in _ACCURACY)), "log")
+    for i, (column, label) in enumerate(_ACCURACY):
+        band = seed_band(seeds, column)
+        percent = Band(band.x, 100 * band.mean, 100 * band.low, 100 * band.high, band.n)
+        marker = "." if len(band.x) < 30 else None
+        _draw_band(ax, percent, label=label, color=f"C{i}", marker=marker)
+    _mark_milestones(ax, _milestones(seeds))
+    if not any(np.isfinite(np.asarray(log["val_clean"])).any() for log in seeds):
+        ax.text(0.5, 0.5, "no validation split", transform=ax.transAxes, ha="center")
+    _epoch_axis(ax)
+    ax.grid(alpha=0.3)
 
 
 def plot_accuracy(
-    log: Log, out_path: str | Path, *, title: str | None = "Validation accuracy"
+    log: Seeds, out_path: str | Path, *, title: str | None = "Validation accuracy"
 ) -> Path:
-    """Validation clean, robust and W-Robust accuracy (paper Eq. 12) per epoch, in percent."""
-    _check_log(log, ("epoch", "val_clean", "val_robust", "val_wrobust"), "log")
-    fig, (ax,) = _figure(1, width=6.0)
-    for column, label in (
-        ("val_clean", "clean"),
-        ("val_robust", "robust"),
-        ("val_wrobust", "W-Robust"),
-    ):
-        ax.plot(log["epoch"], 100 * np.asarray(log[column]), label=label, marker=".")
-    if not np.isfinite(np.asarray(log["val_clean"])).any():
-        ax.text(0.5, 0.5, "no validation split", transform=ax.transAxes, ha="center")
-    _epoch_axis(ax)
+    """Validation clean, robust and W-Robust accuracy (paper Eq. 12) per epoch, in percent,
+    of one run (several logs: their mean and min-max band)."""
+    seeds = _seeds(log, "log")
+    fig, axes = _figure(1, 1, width=6.0)
+    ax = axes[0, 0]
+    _accuracy_panel(ax, seeds)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title or "")
-    ax.grid(alpha=0.3)
+    ax.set_title((title or "") + _seeds_text([seeds]))
     # Below the axes: clean accuracy runs along the top, robust along the bottom, so any
     # corner inside would cover a curve.
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
-    return save_png(fig, out_path)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4)
+    return save_figure(fig, out_path)
+
+
+def plot_accuracy_grid(
+    runs: Mapping[str, Seeds],
+    out_path: str | Path,
+    *,
+    ncols: int = 4,
+    title: str | None = "Validation accuracy",
+) -> Path:
+    """Validation clean, robust and W-Robust accuracy per epoch of several runs: one panel per
+    run (a run of several logs as their mean and min-max band), one shared y axis in percent,
+    ``ncols`` panels a row, one legend below."""
+    if not runs:
+        raise ValueError("Parameter `runs` should hold at least one run. Found none.")
+    logs = {label: _seeds(run, "runs") for label, run in runs.items()}
+    ncols = min(ncols, len(logs))
+    nrows = math.ceil(len(logs) / ncols)
+    ranges = {
+        (float(np.nanmin(s[0]["epoch"])), float(np.nanmax(s[0]["epoch"]))) for s in logs.values()
+    }
+    same = len(ranges) == 1  # one epoch axis for all: its labels on the lowest panels only
+    fig, axes = _figure(nrows, ncols, width=3.2, height=2.6, sharey=True, sharex=same)
+    flat = list(axes.flat)
+    for i, (ax, (label, seeds)) in enumerate(zip(flat, logs.items(), strict=False)):
+        _accuracy_panel(ax, seeds)
+        ax.set_title(label, fontsize="medium")
+        if same and i + ncols < len(logs):
+            ax.set_xlabel("")
+            ax.tick_params(labelbottom=False)
+    for ax in flat[len(logs) :]:
+        ax.remove()
+    for row in axes:
+        row[0].set_ylabel("accuracy (%)")
+    handles, labels = flat[0].get_legend_handles_labels()
+    for ax in flat[1 : len(logs)]:  # a milestone only some runs have
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            if text not in labels:
+                handles.append(handle)
+                labels.append(text)
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels))
+    if title:
+        fig.suptitle(title + _seeds_text(list(logs.values())))
+    return save_figure(fig, out_path)
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
@@ -247,7 +541,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str
 
     Reads ``run_dir/logs/steps.csv`` and ``run_dir/logs/epochs.csv`` and writes
     ``weights.png``, ``accuracy.png``, ``total_loss.png``, ``relative_losses.png`` into
-    ``out_dir`` (default ``run_dir/plots``). Returns ``{figure name: path}``.
+    ``out_dir`` (default ``run_dir/plots``), each with its ``.svg`` beside it
+    (:func:`figure_files`). Returns ``{figure name: PNG path}``.
     """
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "plots"

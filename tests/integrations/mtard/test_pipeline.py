@@ -28,7 +28,7 @@ from anl.integrations.mtard.tables import results_table
 LABELS = [spec.label for spec in METHODS.values()]
 SMOKE_METHODS = Profile.load("smoke").to_dict()["methods"]
 SMOKE_ATTACKS = Profile.load("smoke").to_dict()["evaluation"]["attacks"]
-FIGURES = ("ablation", "total_loss", "relative_losses", "mtard_weights")
+FIGURES = ("ablation", "total_loss", "relative_losses", "mtard_weights", "accuracy")
 
 
 def tiny_profile() -> dict:
@@ -109,12 +109,13 @@ def test_smoke_writes_every_table_and_figure(smoke, capsys):
         assert fragment in summary, fragment
     assert "cannot be had on this machine" in summary
 
-    for name in FIGURES:
-        png = out / "figures" / f"{name}_small_cnn.png"
-        assert png.is_file() and png.stat().st_size > 1000, name
-    accuracy = sorted(p.name for p in (out / "figures" / "accuracy").glob("*.png"))
-    assert len(accuracy) == len(METHOD_ORDER) + 2  # every run and both teachers
-    assert all(p.stat().st_size > 1000 for p in (out / "figures" / "accuracy").glob("*.png"))
+    # Each figure as a PNG and an SVG; the accuracy of every run in one grid, the teachers'
+    # in another; results.json lists exactly the files written.
+    stems = [f"{name}_small_cnn" for name in FIGURES] + ["accuracy_teachers"]
+    expected = sorted(f"figures/{stem}.{ext}" for stem in stems for ext in ("png", "svg"))
+    written = sorted(p.relative_to(out).as_posix() for p in out.glob("figures/**/*") if p.is_file())
+    assert sorted(results["figures"]) == written == expected
+    assert all((out / name).stat().st_size > 1000 for name in written)
 
 
 @pytest.fixture(scope="module")
