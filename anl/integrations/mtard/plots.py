@@ -171,7 +171,7 @@ def seed_band(logs: Sequence[Log], column: str, *, per_step: bool = False, group
     for xs, ys in series:
         keep = np.isin(xs, x)
         rows.append(ys[keep][np.argsort(xs[keep], kind="stable")])
-    values = np.vstack(rows) if rows else np.empty((0, 0))
+    values = np.vstack(rows)
     if group > 1 and len(x):
         starts = np.arange(0, len(x), group)
         counts = np.diff(np.append(starts, len(x)))

@@ -115,12 +115,12 @@ def plot_ablation(
                 gid="mean",
             )
             ax.plot(
-                np.full(len(seeds), j),
+                j + np.linspace(-0.14, 0.14, len(seeds)) * (len(seeds) > 1),  # side by side
                 seeds,
                 linestyle="none",
                 marker="o",
                 markersize=4,
-                markerfacecolor="none",
+                markerfacecolor="white",
                 markeredgecolor=f"C{j}",
                 zorder=4,
                 clip_on=False,
@@ -149,7 +149,7 @@ def plot_ablation(
             linestyle="none",
             marker="o",
             markersize=4,
-            markerfacecolor="none",
+            markerfacecolor="white",
             label="one seed",
         ),
         *[
@@ -159,7 +159,9 @@ def plot_ablation(
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small")
     height = limits[0][1] - limits[0][0]
-    fig.suptitle(f"{title}: clean and robust accuracy, each panel {height:.3g} points tall")
+    fig.suptitle(
+        f"{title}: clean and robust accuracy; each panel spans {height:.3g} percentage points"
+    )
     return save_figure(fig, path)
 
 
