@@ -23,6 +23,7 @@ from anl.integrations.mtard.pipeline import figures
 from anl.integrations.mtard.pipeline.profile import Profile, Teacher
 from anl.integrations.mtard.pipeline.report_tables import aggregate
 from anl.integrations.mtard.pipeline.stages import run_dir
+from anl.integrations.mtard.plots import curves, draw
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EPOCH_COLUMNS = [
@@ -66,20 +67,20 @@ def fake_run(run_dir, epochs=6, steps_per_epoch=5, decay=0.7, val=True, mileston
 
 
 def epochs_log(tmp_path, name, **kwargs):
-    return plots.read_log(fake_run(tmp_path / name, **kwargs) / "logs" / "epochs.csv")
+    return curves.read_log(fake_run(tmp_path / name, **kwargs) / "logs" / "epochs.csv")
 
 
 @pytest.fixture
 def drawn(monkeypatch):
     """The figures drawn, in order, as the plotting functions hand them to save_figure."""
     figs = []
-    save = plots.save_figure
+    save = draw.save_figure
 
     def keep(fig, path):
         figs.append(fig)
         return save(fig, path)
 
-    monkeypatch.setattr(plots, "save_figure", keep)
+    monkeypatch.setattr(draw, "save_figure", keep)
     monkeypatch.setattr(figures, "save_figure", keep)
     return figs
 
@@ -98,69 +99,69 @@ def png_size_and_dpi(path):
 def assert_figure_files(png, fig=None):
     """The PNG at >= 200 dpi (the figure's size times DPI) and a parseable SVG beside it."""
     width, height, dpi = png_size_and_dpi(png)
-    assert dpi == pytest.approx(plots.DPI, abs=0.5) and plots.DPI >= 200
+    assert dpi == pytest.approx(draw.DPI, abs=0.5) and draw.DPI >= 200
     if fig is not None:
         w_in, h_in = fig.get_size_inches()
-        assert (width, height) == (round(w_in * plots.DPI), round(h_in * plots.DPI))
+        assert (width, height) == (round(w_in * draw.DPI), round(h_in * draw.DPI))
     svg = png.with_suffix(".svg")
-    assert plots.figure_files(png) == [png, svg]
+    assert draw.figure_files(png) == [png, svg]
     root = ET.parse(svg).getroot()
     assert root.tag.endswith("svg") and 1000 < svg.stat().st_size < 400_000
 
 
 def milestone_lines(ax):
-    return sorted(line.get_xdata()[0] for line in ax.lines if line.get_gid() == plots.MILESTONE_GID)
+    return sorted(line.get_xdata()[0] for line in ax.lines if line.get_gid() == draw.MILESTONE_GID)
 
 
 def bands(ax):
-    return [c for c in ax.collections if c.get_gid() == plots.BAND_GID]
+    return [c for c in ax.collections if c.get_gid() == draw.BAND_GID]
 
 
 def test_read_log_parses_columns_and_nan(tmp_path):
     run = fake_run(tmp_path / "run", epochs=3, val=False)
-    log = plots.read_log(run / "logs" / "epochs.csv")
+    log = curves.read_log(run / "logs" / "epochs.csv")
     assert list(log) == EPOCH_COLUMNS
     assert log["epoch"].tolist() == [1.0, 2.0, 3.0]
     assert np.isnan(log["val_clean"]).all()
-    steps = plots.read_log(run / "logs" / "steps.csv")
+    steps = curves.read_log(run / "logs" / "steps.csv")
     assert steps["step"].tolist() == list(range(1, 16))
     bad = tmp_path / "bad.csv"
     bad.write_text("epoch,total\n1,abc\n")
     with pytest.raises(ValueError, match=r"Line 2 .*`total` should be a number\. Found 'abc'"):
-        plots.read_log(bad)
+        curves.read_log(bad)
     with pytest.raises(ValueError, match="Could not read"):
-        plots.read_log(tmp_path / "missing.csv")
+        curves.read_log(tmp_path / "missing.csv")
 
 
 def test_lr_drops_are_the_milestones_that_took_effect(tmp_path):
     run = fake_run(tmp_path / "run", epochs=20, milestones=(14, 17, 19))
-    assert plots.lr_drops(plots.read_log(run / "logs" / "epochs.csv")) == [14.0, 17.0, 19.0]
-    assert plots.lr_drops(plots.read_log(run / "logs" / "steps.csv")) == [14.0, 17.0, 19.0]
+    assert curves.lr_drops(curves.read_log(run / "logs" / "epochs.csv")) == [14.0, 17.0, 19.0]
+    assert curves.lr_drops(curves.read_log(run / "logs" / "steps.csv")) == [14.0, 17.0, 19.0]
     # A milestone at the last epoch changes nothing that was trained; no lr, no milestones.
     short = fake_run(tmp_path / "short", epochs=3, milestones=(2, 3, 3))
-    assert plots.lr_drops(plots.read_log(short / "logs" / "epochs.csv")) == [2.0]
-    assert plots.lr_drops({"epoch": np.arange(1.0, 4.0)}) == []
+    assert curves.lr_drops(curves.read_log(short / "logs" / "epochs.csv")) == [2.0]
+    assert curves.lr_drops({"epoch": np.arange(1.0, 4.0)}) == []
 
 
 def test_step_positions_and_seed_band(tmp_path):
-    steps = plots.read_log(
+    steps = curves.read_log(
         fake_run(tmp_path / "run", epochs=2, steps_per_epoch=4) / "logs" / "steps.csv"
     )
-    assert plots.step_positions(steps).tolist() == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    assert curves.step_positions(steps).tolist() == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
     logs = [
         {"epoch": np.array([1.0, 2.0, 3.0]), "x": np.array([1.0, 2.0, 3.0])},
         {"epoch": np.array([1.0, 2.0, 3.0]), "x": np.array([3.0, 4.0, 9.0])},
         {"epoch": np.array([1.0, 2.0]), "x": np.array([2.0, 0.0])},  # stopped early
     ]
-    band = plots.seed_band(logs, "x")
+    band = curves.seed_band(logs, "x")
     assert band.n == 3 and band.x.tolist() == [1.0, 2.0]  # the epochs every seed reached
     assert band.mean.tolist() == [2.0, 2.0]
     assert band.low.tolist() == [1.0, 0.0] and band.high.tolist() == [3.0, 4.0]
-    grouped = plots.seed_band([steps], "step", per_step=True, group=3)
+    grouped = curves.seed_band([steps], "step", per_step=True, group=3)
     assert grouped.x.tolist() == pytest.approx([0.5, 1.25, 1.875])  # groups of 3, 3, 2 steps
     assert grouped.mean.tolist() == [2.0, 5.0, 7.5]
     with pytest.raises(ValueError, match="group"):
-        plots.seed_band([steps], "step", group=0)
+        curves.seed_band([steps], "step", group=0)
 
 
 def test_plot_run_writes_png_at_200_dpi_and_svg_with_milestones(tmp_path, drawn):
@@ -185,35 +186,35 @@ def test_plot_run_writes_png_at_200_dpi_and_svg_with_milestones(tmp_path, drawn)
 
 def test_svg_is_the_same_bytes_when_redrawn(tmp_path):
     log = epochs_log(tmp_path, "run")
-    first = plots.plot_accuracy(log, tmp_path / "a" / "acc.png").with_suffix(".svg")
-    second = plots.plot_accuracy(log, tmp_path / "b" / "acc.png").with_suffix(".svg")
+    first = draw.plot_accuracy(log, tmp_path / "a" / "acc.png").with_suffix(".svg")
+    second = draw.plot_accuracy(log, tmp_path / "b" / "acc.png").with_suffix(".svg")
     assert first.read_bytes() == second.read_bytes()
     with pytest.raises(ValueError, match=r"\.png file"):
-        plots.plot_accuracy(log, tmp_path / "acc.svg")
+        draw.plot_accuracy(log, tmp_path / "acc.svg")
 
 
 def test_zoom_panel_only_for_runs_long_enough(tmp_path, drawn):
-    assert plots.zoom_window(300, 0.2, 3) == (241, 300)  # the paper's final 60 of 300
-    assert plots.zoom_window(20, 0.2, 3) == (17, 20)
-    assert plots.zoom_window(14, 0.2, 3) == (12, 14)
-    assert plots.zoom_window(10, 0.2, 3) is None  # 2 epochs
-    assert plots.zoom_window(3, 0.2, 3) is None  # "epochs 3 to 3"
-    assert plots.zoom_window(20, 1.0, 3) is None  # the whole run again
+    assert draw.zoom_window(300, 0.2, 3) == (241, 300)  # the paper's final 60 of 300
+    assert draw.zoom_window(20, 0.2, 3) == (17, 20)
+    assert draw.zoom_window(14, 0.2, 3) == (12, 14)
+    assert draw.zoom_window(10, 0.2, 3) is None  # 2 epochs
+    assert draw.zoom_window(3, 0.2, 3) is None  # "epochs 3 to 3"
+    assert draw.zoom_window(20, 1.0, 3) is None  # the whole run again
 
     short = {k: epochs_log(tmp_path, k, epochs=3, milestones=(2,)) for k in ("A", "B")}
-    plots.plot_total_loss(short, tmp_path / "short.png")
+    draw.plot_total_loss(short, tmp_path / "short.png")
     (full,) = drawn[-1].axes
     assert full.get_xlim()[0] <= 1 and full.get_xlim()[1] >= 3
     assert milestone_lines(full) == [2.0]
 
     long = {k: epochs_log(tmp_path, k + "20", epochs=20, milestones=(14, 17, 19)) for k in "AB"}
-    plots.plot_total_loss(long, tmp_path / "long.png")
+    draw.plot_total_loss(long, tmp_path / "long.png")
     full, zoom = drawn[-1].axes
     assert zoom.get_title() == "epochs 17 to 20"
     low, high = zoom.get_xlim()
     assert 16 < low < 17 and 20 < high < 21
     for line in zoom.lines:
-        if line.get_gid() != plots.MILESTONE_GID:
+        if line.get_gid() != draw.MILESTONE_GID:
             assert line.get_xdata().tolist() == [17.0, 18.0, 19.0, 20.0]
     assert milestone_lines(full) == [14.0, 17.0, 19.0] and milestone_lines(zoom) == [17.0, 19.0]
     # The zoom's y axis fits the last epochs, not the whole run.
@@ -221,12 +222,12 @@ def test_zoom_panel_only_for_runs_long_enough(tmp_path, drawn):
     assert zoom.get_ylim()[0] <= min(last) and zoom.get_ylim()[1] >= max(last)
     assert zoom.get_ylim()[1] < max(v for log in long.values() for v in log["total"])
     with pytest.raises(ValueError, match="zoom_fraction"):
-        plots.plot_total_loss(long, tmp_path / "x.png", zoom_fraction=0)
+        draw.plot_total_loss(long, tmp_path / "x.png", zoom_fraction=0)
 
 
 def test_seeds_are_drawn_as_mean_and_min_max_band(tmp_path, drawn):
     seeds = [epochs_log(tmp_path, f"s{k}", epochs=8, milestones=(5,), seed=k) for k in range(3)]
-    plots.plot_accuracy(seeds, tmp_path / "acc.png")
+    draw.plot_accuracy(seeds, tmp_path / "acc.png")
     (ax,) = drawn[-1].axes
     assert "mean of 3 seeds, band: min to max" in ax.get_title()
     clean = next(line for line in ax.lines if line.get_label() == "clean")
@@ -238,13 +239,13 @@ def test_seeds_are_drawn_as_mean_and_min_max_band(tmp_path, drawn):
     assert ys.max() == pytest.approx(100 * seeds[2]["val_clean"].max())
     assert milestone_lines(ax) == [5.0]
 
-    plots.plot_relative_losses({"Baseline+MT": seeds, "MTARD": seeds[:1]}, tmp_path / "rel.png")
+    draw.plot_relative_losses({"Baseline+MT": seeds, "MTARD": seeds[:1]}, tmp_path / "rel.png")
     left, right = drawn[-1].axes
     assert len(bands(left)) == 2 and not bands(right)
     assert left.get_shared_y_axes().joined(left, right)  # one scale for both runs
 
-    steps = [plots.read_log(tmp_path / f"s{k}" / "logs" / "steps.csv") for k in range(3)]
-    plots.plot_weights(steps, tmp_path / "w.png", max_points=20)
+    steps = [curves.read_log(tmp_path / f"s{k}" / "logs" / "steps.csv") for k in range(3)]
+    draw.plot_weights(steps, tmp_path / "w.png", max_points=20)
     (ax,) = drawn[-1].axes
     assert ax.get_ylabel() == "weight (mean of 2 steps)"  # 40 steps > 20 points
     w_adv = next(line for line in ax.lines if "adv" in line.get_label())
@@ -258,7 +259,7 @@ def test_accuracy_grid_is_one_figure_with_a_panel_per_run(tmp_path, drawn):
         for i in range(6)
     }
     runs["no validation"] = epochs_log(tmp_path, "noval", val=False, milestones=(4,))
-    path = plots.plot_accuracy_grid(runs, tmp_path / "grid.png", ncols=4)
+    path = draw.plot_accuracy_grid(runs, tmp_path / "grid.png", ncols=4)
     assert sorted(p.name for p in tmp_path.glob("grid.*")) == ["grid.png", "grid.svg"]
     fig = drawn[-1]
     assert_figure_files(path, fig)
@@ -276,7 +277,7 @@ def test_accuracy_grid_is_one_figure_with_a_panel_per_run(tmp_path, drawn):
 
 
 def test_accuracy_legend_off_the_curves_and_whole_epoch_ticks(tmp_path, drawn):
-    plots.plot_accuracy(epochs_log(tmp_path, "run", epochs=20), tmp_path / "acc.png")
+    draw.plot_accuracy(epochs_log(tmp_path, "run", epochs=20), tmp_path / "acc.png")
     (ax,) = drawn[-1].axes
     drawn[-1].canvas.draw()
     legend = ax.get_legend().get_window_extent()
@@ -284,7 +285,7 @@ def test_accuracy_legend_off_the_curves_and_whole_epoch_ticks(tmp_path, drawn):
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
     # A one-epoch run: one tick at epoch 1, in a range of one epoch.
-    plots.plot_accuracy(epochs_log(tmp_path, "one", epochs=1), tmp_path / "one.png")
+    draw.plot_accuracy(epochs_log(tmp_path, "one", epochs=1), tmp_path / "one.png")
     (ax,) = drawn[-1].axes
     assert ax.get_xlim() == (0.5, 1.5)
     assert [t for t in ax.get_xticks() if 0.5 <= t <= 1.5] == [1.0]
@@ -293,15 +294,15 @@ def test_accuracy_legend_off_the_curves_and_whole_epoch_ticks(tmp_path, drawn):
 def test_input_errors(tmp_path):
     epochs = epochs_log(tmp_path, "run", val=False)
     with pytest.raises(ValueError, match="at least one run"):
-        plots.plot_relative_losses({}, tmp_path / "x.png")
+        draw.plot_relative_losses({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="at least one run"):
-        plots.plot_accuracy_grid({}, tmp_path / "x.png")
+        draw.plot_accuracy_grid({}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="at least one log"):
-        plots.plot_total_loss({"a": []}, tmp_path / "x.png")
+        draw.plot_total_loss({"a": []}, tmp_path / "x.png")
     with pytest.raises(ValueError, match=re.escape("missing ['step']")):
-        plots.plot_weights(epochs, tmp_path / "x.png")
+        draw.plot_weights(epochs, tmp_path / "x.png")
     with pytest.raises(ValueError, match="rel_<loss>"):
-        plots.plot_relative_losses({"a": {"epoch": np.arange(3.0)}}, tmp_path / "x.png")
+        draw.plot_relative_losses({"a": {"epoch": np.arange(3.0)}}, tmp_path / "x.png")
 
 
 # The reproduction's figures (pipeline.figures).

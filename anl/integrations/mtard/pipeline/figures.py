@@ -4,8 +4,8 @@ Per student: Fig. 2 (the ablation's clean and robust accuracy per seed, :func:`p
 Fig. 3 (the total training loss of the ablation's variants), Fig. 4 (the relative losses of
 Baseline+MT and MTARD), MTARD's ANL weights, and one grid of the validation accuracy per epoch
 of every method; one grid for the teachers trained here (:func:`write_figures`; the curves are
-drawn by :mod:`..plots`). Curves are the mean over the profile's seeds with a min-max band,
-and mark the lr milestones. Each figure is a PNG and an SVG (:func:`..plots.figure_files`).
+drawn by :mod:`..plots.draw`). Curves are the mean over the profile's seeds with a min-max band,
+and mark the lr milestones. Each figure is a PNG and an SVG (:func:`..plots.draw.figure_files`).
 matplotlib is imported only here and there, when figures are drawn.
 """
 
@@ -19,13 +19,13 @@ import numpy as np
 
 from ..attacks.registry import attack_title
 from ..methods.registry import ABLATION, METHODS
-from ..plots import (
+from ..plots.curves import read_log
+from ..plots.draw import (
     figure_files,
     plot_accuracy_grid,
     plot_relative_losses,
     plot_total_loss,
     plot_weights,
-    read_log,
     save_figure,
 )
 from ..runtime.optional import require

@@ -1,45 +1,45 @@
-"""Figures from the CSV logs of training runs (:mod:`.training.logs`): the paper's Fig. 3 and 4.
+"""The figures drawn from training logs (:mod:`.curves`): the paper's Fig. 3 and 4, the ANL
+weights and the validation accuracy.
 
-All figures read plain dicts of NumPy arrays as :func:`read_log` returns them (one array per
-CSV column), so they work on any run directory without pandas. They are drawn with
-matplotlib's object-oriented API on the Agg canvas (no pyplot, no global backend change) and
-written twice by :func:`save_figure`: a PNG at :data:`DPI` dots per inch, and an SVG of the
-same name beside it (:func:`figure_files`). matplotlib (``pip install "anl[mtard]"``) is
-imported when a figure is drawn.
+They are drawn with matplotlib's object-oriented API on the Agg canvas (no pyplot, no global
+backend change) and written twice by :func:`save_figure`: a PNG at :data:`DPI` dots per inch
+and an SVG of the same name beside it (:func:`figure_files`). matplotlib
+(``pip install "anl[mtard]"``) is imported when a figure is drawn.
 
-Every figure with an epoch axis marks the learning-rate milestones, read from the logs' ``lr``
-column (:func:`lr_drops`), with dashed vertical lines: the lr (and ANL's rate ``r_w``) is
-multiplied by ``lr_gamma`` after those epochs. A run given as several logs (one per seed) is
-drawn as the mean over the seeds with a band from the lowest to the highest seed
-(:func:`seed_band`); a run of one log is drawn as is.
+Every panel with an epoch axis marks the epochs after which the lr (and ANL's ``r_w``) dropped
+(:func:`.curves.lr_drops`) with dashed vertical lines. A run given as several logs (one per
+seed) is drawn as the mean over the seeds with a band from the lowest to the highest seed
+(:func:`.curves.seed_band`); a run of one log is drawn as is.
 
 - :func:`plot_total_loss`: the total training loss per epoch of several runs, with a zoom on
   the last epochs when the run is long enough (paper Fig. 3: Baseline, Baseline+MT, MTARD,
   right panel the final 60 of 300 epochs).
 - :func:`plot_relative_losses`: the relative losses ``L~_i = L_i(t) / L_i(0)`` (paper Eq. 7)
   per epoch, one panel per run (paper Fig. 4: Baseline+MT and MTARD).
-- :func:`plot_weights`: the weight of each loss at every step, on an epoch axis.
+- :func:`plot_weights`: the weight of each loss over the steps, on an epoch axis.
 - :func:`plot_accuracy`: validation clean, robust and W-Robust accuracy per epoch of one run;
   :func:`plot_accuracy_grid`: the same for several runs, one panel each, in one figure.
-- :func:`plot_run`: the figures of one run directory.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .runtime.optional import require
-
-Log = Mapping[str, np.ndarray]
-#: A run to draw: one log, or one log per seed (drawn as their mean and min-max band).
-Seeds = Log | Sequence[Log]
+from ..runtime.optional import require
+from .curves import (
+    Band,
+    Log,
+    Seeds,
+    as_seeds,
+    check_columns,
+    columns_with,
+    milestones,
+    seed_band,
+)
 
 DPI = 200
 """Resolution of the PNG files."""
@@ -53,155 +53,6 @@ BAND_GID = "seed-band"
 
 _PURPOSE = "Figures (off with --no-plots)"
 _ACCURACY = (("val_clean", "clean"), ("val_robust", "robust"), ("val_wrobust", "W-Robust"))
-
-
-def read_log(csv_path: str | Path) -> dict[str, np.ndarray]:
-    """Read a CSV log into ``{column: float64 array}`` in the file's column order.
-
-    Empty cells and ``nan`` read as NaN. Raises ``ValueError`` naming the file when it is
-    missing, has no header, or holds a value that is not a number.
-    """
-    path = Path(csv_path)
-    try:
-        with path.open(newline="") as f:
-            rows = list(csv.reader(f))
-    except OSError as exc:
-        raise ValueError(f"Could not read the log {str(path)!r}: {exc}") from exc
-    if not rows:
-        raise ValueError(f"The log {str(path)!r} should start with a header row. Found no rows.")
-    header, body = rows[0], [r for r in rows[1:] if r]
-    columns: dict[str, list[float]] = {name: [] for name in header}
-    for line, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise ValueError(
-                f"Line {line} of {str(path)!r} should hold {len(header)} values. Found {len(row)}."
-            )
-        for name, cell in zip(header, row, strict=True):
-            try:
-                columns[name].append(float(cell) if cell != "" else math.nan)
-            except ValueError as exc:
-                raise ValueError(
-                    f"Line {line} of {str(path)!r}: column `{name}` should be a number. "
-                    f"Found {cell!r}."
-                ) from exc
-    return {name: np.asarray(values, dtype=np.float64) for name, values in columns.items()}
-
-
-def _columns(log: Log, prefix: str) -> list[str]:
-    return [name for name in log if name.startswith(prefix)]
-
-
-def _check_log(log: Log, needed: tuple[str, ...], what: str) -> None:
-    missing = [name for name in needed if name not in log]
-    if missing:
-        raise ValueError(
-            f"Parameter `{what}` should hold the columns {list(needed)}. Found columns "
-            f"{list(log)} (missing {missing})."
-        )
-
-
-def _seeds(run: Seeds, what: str) -> list[Log]:
-    """The logs of a run: ``[run]`` for one log, else the sequence as a list."""
-    logs = [run] if isinstance(run, Mapping) else list(run)
-    if not logs:
-        raise ValueError(f"Parameter `{what}` should hold at least one log. Found none.")
-    return logs
-
-
-def per_epoch(log: Log, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(epochs, values)``: the column as is for an epochs log, averaged per epoch for a
-    steps log (one that has a ``step`` column)."""
-    _check_log(log, ("epoch", column), "log")
-    epochs, values = np.asarray(log["epoch"]), np.asarray(log[column])
-    if "step" not in log:
-        return epochs, values
-    unique = np.unique(epochs)
-    return unique, np.array([np.nanmean(values[epochs == e]) for e in unique])
-
-
-def step_positions(log: Log) -> np.ndarray:
-    """Where each row of a steps log sits on an epoch axis: the ``n`` steps of epoch ``e`` at
-    ``e - 1 + 1/n, ..., e`` (the last step of an epoch at the epoch's own number, where the
-    epochs log puts that epoch's row)."""
-    _check_log(log, ("epoch", "step"), "log")
-    epochs = np.asarray(log["epoch"])
-    positions = np.empty_like(epochs, dtype=np.float64)
-    for e in np.unique(epochs):
-        rows = np.flatnonzero(epochs == e)
-        positions[rows] = e - 1 + np.arange(1, len(rows) + 1) / len(rows)
-    return positions
-
-
-@dataclasses.dataclass(frozen=True)
-class Band:
-    """A column over seeds: at each ``x``, the ``mean``, ``low`` (min) and ``high`` (max) of
-    the ``n`` seeds' values."""
-
-    x: np.ndarray
-    mean: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    n: int
-
-
-def seed_band(logs: Sequence[Log], column: str, *, per_step: bool = False, group: int = 1) -> Band:
-    """Mean, min and max of ``column`` over the logs of one run's seeds, at the epochs (or,
-    with ``per_step``, the steps, placed by :func:`step_positions`) that every log has.
-
-    With ``group > 1``, each seed's values are first averaged over consecutive groups of
-    ``group`` rows (the last group may be shorter), each group placed at its rows' mean
-    position: the band is then the seeds' spread, not the step-to-step noise.
-    """
-    if not logs:
-        raise ValueError("Parameter `logs` should hold at least one log. Found none.")
-    if group < 1:
-        raise ValueError(f"Parameter `group` should be a positive integer. Found {group!r}.")
-    if per_step:
-        series = []
-        for log in logs:
-            _check_log(log, ("epoch", "step", column), "log")
-            series.append((step_positions(log), np.asarray(log[column])))
-    else:
-        series = [per_epoch(log, column) for log in logs]
-    x = series[0][0]
-    for xs, _ in series[1:]:
-        x = np.intersect1d(x, xs)
-    x = np.unique(x)
-    rows = []
-    for xs, ys in series:
-        keep = np.isin(xs, x)
-        rows.append(ys[keep][np.argsort(xs[keep], kind="stable")])
-    values = np.vstack(rows)
-    if group > 1 and len(x):
-        starts = np.arange(0, len(x), group)
-        counts = np.diff(np.append(starts, len(x)))
-        x = np.add.reduceat(x, starts) / counts
-        values = np.add.reduceat(values, starts, axis=1) / counts
-    with warnings.catch_warnings():  # all-NaN columns (no validation split) stay NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return Band(
-            x=x,
-            mean=np.nanmean(values, axis=0),
-            low=np.nanmin(values, axis=0),
-            high=np.nanmax(values, axis=0),
-            n=len(logs),
-        )
-
-
-def lr_drops(log: Log) -> list[float]:
-    """The epochs after which the logged learning rate fell: the milestones that took effect.
-
-    Read from the ``lr`` column (an epochs or a steps log), so a milestone at the last epoch,
-    which changes nothing that was trained, is not among them. A log without ``lr`` has none.
-    """
-    if "lr" not in log or "epoch" not in log:
-        return []
-    epochs, lr = per_epoch(log, "lr")
-    return [float(epochs[i]) for i in range(len(lr) - 1) if lr[i + 1] < lr[i]]
-
-
-def _milestones(logs: Sequence[Log]) -> list[float]:
-    return sorted({e for log in logs for e in lr_drops(log)})
 
 
 def _mark_milestones(ax, epochs: Sequence[float], label: str = "lr drop") -> None:
@@ -344,16 +195,16 @@ def plot_total_loss(
             "Parameter `zoom_fraction` should be in (0, 1]. "
             f"Found `zoom_fraction = {zoom_fraction!r}`."
         )
-    logs = {label: _seeds(run, "runs") for label, run in runs.items()}
+    logs = {label: as_seeds(run, "runs") for label, run in runs.items()}
     bands = {label: seed_band(seeds, column) for label, seeds in logs.items()}
     last_epoch = max((int(np.nanmax(b.x)) for b in bands.values() if len(b.x)), default=0)
     window = zoom_window(last_epoch, zoom_fraction, min_zoom_epochs)
     fig, axes = _figure(1, 2 if window else 1, width=5.0 if window else 6.0)
     full = axes[0, 0]
-    milestones = _milestones([log for seeds in logs.values() for log in seeds])
+    drops = milestones([log for seeds in logs.values() for log in seeds])
     for i, (label, band) in enumerate(bands.items()):
         _draw_band(full, band, label=label, color=f"C{i}", marker="." if len(band.x) < 30 else None)
-    _mark_milestones(full, milestones)
+    _mark_milestones(full, drops)
     if title:
         fig.suptitle(title + _seeds_text(list(logs.values())))
     panels = [full]
@@ -364,7 +215,7 @@ def plot_total_loss(
             keep = band.x >= first
             part = Band(band.x[keep], band.mean[keep], band.low[keep], band.high[keep], band.n)
             _draw_band(zoom, part, label=label, color=f"C{i}", marker=".")
-        _mark_milestones(zoom, [m for m in milestones if first <= m <= last])
+        _mark_milestones(zoom, [m for m in drops if first <= m <= last])
         pad = 0.03 * (last - first)
         zoom.set_xlim(first - pad, last + pad)
         full.set_title("all epochs")
@@ -393,10 +244,10 @@ def plot_relative_losses(
     """
     if not runs:
         raise ValueError("Parameter `runs` should hold at least one run. Found none.")
-    logs = {label: _seeds(run, "runs") for label, run in runs.items()}
+    logs = {label: as_seeds(run, "runs") for label, run in runs.items()}
     fig, axes = _figure(1, len(logs), sharey=True)
     for ax, (label, seeds) in zip(axes[0], logs.items(), strict=True):
-        names = _columns(seeds[0], "rel_")
+        names = columns_with(seeds[0], "rel_")
         if not names:
             raise ValueError(
                 f"The log of run {label!r} should hold `rel_<loss>` columns. "
@@ -407,7 +258,7 @@ def plot_relative_losses(
             marker = "." if len(band.x) < 30 else None
             symbol = _math("\\tilde{L}", name[len("rel_") :])
             _draw_band(ax, band, label=symbol, color=f"C{i}", marker=marker)
-        _mark_milestones(ax, _milestones(seeds))
+        _mark_milestones(ax, milestones(seeds))
         ax.set_title(label)
         _epoch_axis(ax)
         ax.grid(alpha=0.3)
@@ -437,10 +288,10 @@ def plot_weights(
     Under ANL the weights move towards the loss whose relative value fell least (Eq. 8-9), at
     the rate ``r_w``, which drops with the lr at each milestone.
     """
-    seeds = _seeds(logs, "logs")
+    seeds = as_seeds(logs, "logs")
     for log in seeds:
-        _check_log(log, ("step",), "log")
-    names = _columns(seeds[0], "w_")
+        check_columns(log, ("step",), "log")
+    names = columns_with(seeds[0], "w_")
     if not names:
         raise ValueError(f"Parameter `log` should hold `w_<loss>` columns. Found {list(seeds[0])}.")
     group = max(1, math.ceil(min(len(log["step"]) for log in seeds) / max_points))
@@ -451,7 +302,7 @@ def plot_weights(
         marker = "." if len(band.x) < 30 else None
         _draw_band(ax, band, label=_math("w", name[len("w_") :]), color=f"C{i}", marker=marker)
     adaptive = any(np.nanmax(log[n]) > np.nanmin(log[n]) for log in seeds for n in names)
-    _mark_milestones(ax, _milestones(seeds), "lr and $r_w$ drop" if adaptive else "lr drop")
+    _mark_milestones(ax, milestones(seeds), "lr and $r_w$ drop" if adaptive else "lr drop")
     _epoch_axis(ax)
     ax.set_ylabel("weight" + (f" (mean of {group} steps)" if group > 1 else ""))
     ax.set_title((title or "") + _seeds_text([seeds]))
@@ -463,13 +314,13 @@ def plot_weights(
 def _accuracy_panel(ax, seeds: Sequence[Log]) -> None:
     """Clean, robust and W-Robust validation accuracy (%) of one run, with the milestones."""
     for log in seeds:
-        _check_log(log, ("epoch", *(c for c, _ in _ACCURACY)), "log")
+        check_columns(log, ("epoch", *(c for c, _ in _ACCURACY)), "log")
     for i, (column, label) in enumerate(_ACCURACY):
         band = seed_band(seeds, column)
         percent = Band(band.x, 100 * band.mean, 100 * band.low, 100 * band.high, band.n)
         marker = "." if len(band.x) < 30 else None
         _draw_band(ax, percent, label=label, color=f"C{i}", marker=marker)
-    _mark_milestones(ax, _milestones(seeds))
+    _mark_milestones(ax, milestones(seeds))
     if not any(np.isfinite(np.asarray(log["val_clean"])).any() for log in seeds):
         ax.text(0.5, 0.5, "no validation split", transform=ax.transAxes, ha="center")
     _epoch_axis(ax)
@@ -481,7 +332,7 @@ def plot_accuracy(
 ) -> Path:
     """Validation clean, robust and W-Robust accuracy (paper Eq. 12) per epoch, in percent,
     of one run (several logs: their mean and min-max band)."""
-    seeds = _seeds(log, "log")
+    seeds = as_seeds(log, "log")
     fig, axes = _figure(1, 1, width=6.0)
     ax = axes[0, 0]
     _accuracy_panel(ax, seeds)
@@ -505,7 +356,7 @@ def plot_accuracy_grid(
     ``ncols`` panels a row, one legend below."""
     if not runs:
         raise ValueError("Parameter `runs` should hold at least one run. Found none.")
-    logs = {label: _seeds(run, "runs") for label, run in runs.items()}
+    logs = {label: as_seeds(run, "runs") for label, run in runs.items()}
     ncols = min(ncols, len(logs))
     nrows = math.ceil(len(logs) / ncols)
     ranges = {
@@ -534,24 +385,3 @@ def plot_accuracy_grid(
     if title:
         fig.suptitle(title + _seeds_text(list(logs.values())))
     return save_figure(fig, out_path)
-
-
-def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Draw one run's weights, accuracy, total loss and relative losses.
-
-    Reads ``run_dir/logs/steps.csv`` and ``run_dir/logs/epochs.csv`` and writes
-    ``weights.png``, ``accuracy.png``, ``total_loss.png``, ``relative_losses.png`` into
-    ``out_dir`` (default ``run_dir/plots``), each with its ``.svg`` beside it
-    (:func:`figure_files`). Returns ``{figure name: PNG path}``.
-    """
-    run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir / "plots"
-    steps = read_log(run_dir / "logs" / "steps.csv")
-    epochs = read_log(run_dir / "logs" / "epochs.csv")
-    label = run_dir.name
-    return {
-        "weights": plot_weights(steps, out / "weights.png", title=f"Loss weights ({label})"),
-        "accuracy": plot_accuracy(epochs, out / "accuracy.png", title=f"Validation ({label})"),
-        "total_loss": plot_total_loss({label: epochs}, out / "total_loss.png"),
-        "relative_losses": plot_relative_losses({label: epochs}, out / "relative_losses.png"),
-    }
