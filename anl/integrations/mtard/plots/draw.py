@@ -86,13 +86,14 @@ def _draw_band(ax, band: Band, *, label: str, color=None, marker=None):
     return line
 
 
-def _seeds_text(runs: Sequence[Sequence[Log]]) -> str:
-    """`` (mean of 3 seeds, band: min to max)`` when any run has several seeds, else ``""``."""
+def _seeds_text(runs: Sequence[Sequence[Log]], fig) -> str:
+    """`` (mean of 3 seeds, band: min to max)`` when any run has several seeds, else ``""``;
+    on a line of its own in a figure narrower than 8 inches (one panel)."""
     counts = sorted({len(logs) for logs in runs})
     if counts[-1] < 2:
         return ""
     n = "/".join(str(c) for c in counts)
-    return f" (mean of {n} seeds, band: min to max)"
+    return ("\n" if fig.get_figwidth() < 8 else " ") + f"(mean of {n} seeds, band: min to max)"
 
 
 def _math(symbol: str, name: str) -> str:
@@ -206,7 +207,7 @@ def plot_total_loss(
         _draw_band(full, band, label=label, color=f"C{i}", marker="." if len(band.x) < 30 else None)
     _mark_milestones(full, drops)
     if title:
-        fig.suptitle(title + _seeds_text(list(logs.values())))
+        fig.suptitle(title + _seeds_text(list(logs.values()), fig))
     panels = [full]
     if window:
         first, last = window
@@ -265,7 +266,7 @@ def plot_relative_losses(
         ax.legend()
     axes[0, 0].set_ylabel("relative loss L(t) / L(0)")
     if title:
-        fig.suptitle(title + _seeds_text(list(logs.values())))
+        fig.suptitle(title + _seeds_text(list(logs.values()), fig))
     return save_figure(fig, out_path)
 
 
@@ -305,7 +306,7 @@ def plot_weights(
     _mark_milestones(ax, milestones(seeds), "lr and $r_w$ drop" if adaptive else "lr drop")
     _epoch_axis(ax)
     ax.set_ylabel("weight" + (f" (mean of {group} steps)" if group > 1 else ""))
-    ax.set_title((title or "") + _seeds_text([seeds]))
+    ax.set_title((title or "") + _seeds_text([seeds], fig))
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, out_path)
@@ -337,7 +338,7 @@ def plot_accuracy(
     ax = axes[0, 0]
     _accuracy_panel(ax, seeds)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title((title or "") + _seeds_text([seeds]))
+    ax.set_title((title or "") + _seeds_text([seeds], fig))
     # Below the axes: clean accuracy runs along the top, robust along the bottom, so any
     # corner inside would cover a curve.
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4)
@@ -383,5 +384,5 @@ def plot_accuracy_grid(
                 labels.append(text)
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels))
     if title:
-        fig.suptitle(title + _seeds_text(list(logs.values())))
+        fig.suptitle(title + _seeds_text(list(logs.values()), fig))
     return save_figure(fig, out_path)
