@@ -909,7 +909,12 @@ def plot_results_directory(out: Path) -> list[Path]:
         for role, saved in (results.get("teachers") or {}).items()
         if isinstance(saved, dict) and saved.get("source") == "trained here"
     }
-    return write_figures(profile, out, results.get("aggregate") or {}, teachers)
+    student_results = {
+        (run["student"], run["method"], run["seed"]): run["evaluation"]
+        for run in results.get("runs") or []
+        if isinstance(run, dict) and isinstance(run.get("evaluation"), dict)
+    }
+    return write_figures(profile, out, results.get("aggregate") or {}, teachers, student_results)
 
 
 def run_plot_command(args: argparse.Namespace) -> int:
@@ -969,9 +974,9 @@ def run_diagnose_command(args: argparse.Namespace) -> int:
     directory = directory_argument(args.directory, "DIR")
     assert directory is not None
     if not (directory / "results.json").is_file():
-        raise FileNotFoundError(
-            f"'{directory / 'results.json'}' does not exist: DIR must be a results directory "
-            "(anl-mtard reproduce --out)"
+        raise ArgumentError(
+            f"argument DIR: expected a results directory (anl-mtard reproduce --out, with "
+            f"results.json), found '{directory}'"
         )
     written = write_diagnostics(directory)
     print(written.read_text())

@@ -131,6 +131,8 @@ USAGE = {
     "sensitivity --grid bogus": (["sensitivity", ".", "--grid", "x"], ["--grid"]),
     "sensitivity not a results dir": (["sensitivity", "."], ["results_dir", "config.json"]),
     "plot an empty dir": (["plot", "."], ["DIR", "run directory", "results directory"]),
+    "diagnose a file": (["diagnose", "afile"], ["DIR", "'afile'"]),
+    "diagnose not a results dir": (["diagnose", "."], ["DIR", "results directory"]),
     "unknown command": (["bogus"], ["COMMAND"]),
 }
 
@@ -291,7 +293,7 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_option_has_help_with_its_default_at_most_once():
     parsers = _subparsers()
-    assert sorted(parsers) == ["evaluate", "plot", "reproduce", "sensitivity", "train"]
+    assert sorted(parsers) == ["diagnose", "evaluate", "plot", "reproduce", "sensitivity", "train"]
     for name, parser in {"anl-mtard": cli.build_parser(), **parsers}.items():
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):

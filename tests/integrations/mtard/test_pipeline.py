@@ -30,7 +30,7 @@ from anl.integrations.mtard.tables import results_table
 LABELS = [spec.label for spec in METHODS.values()]
 SMOKE_METHODS = Profile.load("smoke").to_dict()["methods"]
 SMOKE_ATTACKS = Profile.load("smoke").to_dict()["evaluation"]["attacks"]
-FIGURES = ("ablation", "total_loss", "relative_losses", "mtard_weights")
+FIGURES = ("ablation", "total_loss", "relative_losses", "mtard_weights", "accuracy")
 
 
 def tiny_profile() -> dict:
@@ -111,12 +111,13 @@ def test_smoke_writes_every_table_and_figure(smoke, capsys):
         assert fragment in summary, fragment
     assert "cannot be had on this machine" in summary
 
-    for name in FIGURES:
-        png = out / "figures" / f"{name}_small_cnn.png"
-        assert png.is_file() and png.stat().st_size > 1000, name
-    accuracy = sorted(p.name for p in (out / "figures" / "accuracy").glob("*.png"))
-    assert len(accuracy) == len(METHOD_ORDER) + 2  # every run and both teachers
-    assert all(p.stat().st_size > 1000 for p in (out / "figures" / "accuracy").glob("*.png"))
+    # Each figure as a PNG and an SVG; the accuracy of every run in one grid, the teachers'
+    # in another; results.json lists exactly the files written.
+    stems = [f"{name}_small_cnn" for name in FIGURES] + ["accuracy_teachers"]
+    expected = sorted(f"figures/{stem}.{ext}" for stem in stems for ext in ("png", "svg"))
+    written = sorted(p.relative_to(out).as_posix() for p in out.glob("figures/**/*") if p.is_file())
+    assert sorted(results["figures"]) == written == expected
+    assert all((out / name).stat().st_size > 1000 for name in written)
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +190,9 @@ def test_plot_redraws_the_figures_of_a_results_directory(smoke, capsys, monkeypa
     pytest.importorskip("matplotlib")
     monkeypatch.chdir(smoke)
     monkeypatch.setattr(sys, "path", list(sys.path))  # main() appends the working directory
-    drawn = sorted(p.relative_to(smoke) for p in (smoke / "figures").rglob("*.png"))
+    drawn = sorted(
+        p.relative_to(smoke) for p in (smoke / "figures").rglob("*") if p.suffix in {".png", ".svg"}
+    )
     capsys.readouterr()
     assert cli.main(["plot", "."]) == 0
     assert sorted(Path(p) for p in capsys.readouterr().out.split()) == drawn
@@ -209,7 +212,7 @@ def test_diagnose_writes_the_premise_and_convergence_of_a_results_directory(
     assert "## The paper's premise, measured here" in written
     assert "## Convergence of each run" in written
     assert written in capsys.readouterr().out
-    assert cli.main(["diagnose", str(tmp_path)]) == 1
+    assert cli.main(["diagnose", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
 

@@ -19,7 +19,8 @@ from typing import Any
 from ..attacks.registry import attack_title
 from ..data.registry import dataset_title
 from ..methods.registry import METHOD_ORDER, METHODS
-from ..plots import read_log, save_png
+from ..plots.curves import read_log
+from ..plots.draw import save_figure
 from ..runtime.files import atomic_write_text, json_finite
 from ..runtime.optional import require
 from .profile import EvalSettings, Profile
@@ -242,7 +243,7 @@ def plot_sensitivity(
     if handles:
         fig.legend(handles, names, loc="outside lower center", ncol=min(len(handles), 3))
     fig.suptitle(title)
-    return save_png(fig, path)
+    return save_figure(fig, path)
 
 
 def write_sensitivity_report(
