@@ -25,10 +25,20 @@ order, so the methods of one seed start from the same network and see the same b
 runs go seed by seed, all methods within a seed, so that a change of background load touches
 every method alike. At the end the whole test set is classified once (no model selection).
 
-A training step is timed from ``zero_grad`` to the optimiser step (FAMO: to the end of its
-``update``, extra forward included), on a batch already in memory; its median over the run is
-compared with the ``constant`` run of the same seed. The weighting's own calls (``step``, and
-FAMO's ``update`` without its forward) are timed too.
+A training step is ``zero_grad``, the forward pass, the two losses, the weighting's ``step``,
+``backward`` and Adam's step (FAMO: plus its ``update``, after one more forward pass), on a
+batch already in memory. It is timed twice:
+
+- **interleaved**, after the training runs (:func:`time_steps`): every method's step on the
+  same batch, ``--timing-repeats`` rounds of ``--timing-inner`` steps of each method in turn,
+  so that a change of background load hits every method alike; the table gives the median and
+  the median of the per-round ratios to ``constant``;
+- **during training**: the median step of each run, and its ratio to the ``constant`` run of
+  the same seed. On a shared machine these runs are minutes apart, so this ratio also
+  measures the change of load between them.
+
+The weighting's own calls (``step``, and FAMO's ``update`` without its forward pass) are
+timed in training too (median per run).
 
 Run (the committed results: see ``docs/results/multifashion/README.md``)::
 
@@ -161,6 +171,49 @@ def evaluate(model: nn.Module, data: multifashion_data.MultiFashion, batch_size:
     return (100.0 * correct / len(data)).tolist(), (loss_sum / len(data)).tolist()
 
 
+class Trainer:
+    """The network, the weighting and the optimiser of one run, and its training step."""
+
+    def __init__(self, method: str, seed: int, *, steps_per_epoch: int, lr: float) -> None:
+        torch.manual_seed(seed)
+        self.model = MultiLeNet().to(memory_format=torch.channels_last)
+        self.weighting = METHODS[method][1](seed, steps_per_epoch)
+        params = list(self.model.parameters())
+        if isinstance(self.weighting, nn.Module):  # uncertainty, IMTL-L: learned log-scales
+            params += list(self.weighting.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=lr)
+        self.is_famo = isinstance(self.weighting, anl.FAMO)
+
+    def step(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor], float]:
+        """One training step on the batch ``(x, y)``: the outputs, the two losses and the
+        seconds spent in the weighting's own calls (``step``; FAMO's ``update`` too)."""
+        clock = time.perf_counter
+        self.optimizer.zero_grad(set_to_none=True)
+        outputs = self.model(x)
+        losses = _task_losses(outputs, y)
+        start = clock()
+        total = self.weighting.step(losses)
+        weighting_s = clock() - start
+        total.backward()
+        self.optimizer.step()
+        if self.is_famo:  # FAMO's second call: the losses after the step, same batch
+            with torch.no_grad():
+                after = _task_losses(self.model(x), y)
+                start = clock()
+                self.weighting.update(after)
+                weighting_s += clock() - start
+        return outputs, losses, weighting_s
+
+
+def _steps_per_epoch(n: int, batch_size: int, cap: int | None) -> int:
+    steps = n // batch_size  # the last partial batch is dropped
+    if cap is not None:
+        steps = min(steps, cap)
+    if steps < 1:
+        raise ValueError(f"{n} training images make no batch of {batch_size}.")
+    return steps
+
+
 def train_run(
     method: str,
     seed: int,
@@ -175,19 +228,9 @@ def train_run(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train the network on ``train`` with ``method`` and ``seed``; test it on ``test``."""
-    steps_per_epoch = len(train) // batch_size  # the last partial batch is dropped
-    if max_steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
-    if steps_per_epoch < 1:
-        raise ValueError(f"{len(train)} training images make no batch of {batch_size}.")
-    torch.manual_seed(seed)
-    model = MultiLeNet().to(memory_format=torch.channels_last)
-    weighting = METHODS[method][1](seed, steps_per_epoch)
-    params = list(model.parameters())
-    if isinstance(weighting, nn.Module):  # uncertainty weighting, IMTL-L: learned log-scales
-        params += list(weighting.parameters())
-    optimizer = torch.optim.Adam(params, lr=lr)
-    is_famo = isinstance(weighting, anl.FAMO)
+    steps_per_epoch = _steps_per_epoch(len(train), batch_size, max_steps_per_epoch)
+    trainer = Trainer(method, seed, steps_per_epoch=steps_per_epoch, lr=lr)
+    weighting = trainer.weighting
     order = torch.Generator().manual_seed(seed)
     images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
 
@@ -204,25 +247,10 @@ def train_run(
         for b in range(steps_per_epoch):
             index = perm[b * batch_size : (b + 1) * batch_size]
             x, y = _inputs(images[index]), labels[index]
-
             start = clock()
-            optimizer.zero_grad(set_to_none=True)
-            outputs = model(x)
-            losses = _task_losses(outputs, y)
-            w_start = clock()
-            total = weighting.step(losses)
-            w_time = clock() - w_start
-            total.backward()
-            optimizer.step()
-            if is_famo:
-                with torch.no_grad():
-                    after = _task_losses(model(x), y)
-                    w_start = clock()
-                    weighting.update(after)
-                    w_time += clock() - w_start
+            outputs, losses, w_time = trainer.step(x, y)
             step_s.append(clock() - start)
             weighting_s.append(w_time)
-
             for i, (out, loss) in enumerate(zip(outputs, losses, strict=True)):
                 loss_sum[i] += loss.item()
                 correct[i] += (out.detach().argmax(1) == y[:, i]).sum().item()
@@ -241,7 +269,7 @@ def train_run(
             f"{clock() - epoch_start:.1f} s"
         )
     train_seconds = clock() - run_start
-    test_acc, test_loss = evaluate(model, test)
+    test_acc, test_loss = evaluate(trainer.model, test)
 
     history = weighting.history()
     stride = max(1, math.ceil(len(history["step"]) / trajectory_points))
@@ -268,16 +296,68 @@ def train_run(
     }
 
 
+def time_steps(
+    methods: Sequence[str],
+    train: multifashion_data.MultiFashion,
+    *,
+    batch_size: int,
+    lr: float,
+    repeats: int,
+    inner: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """Every method's training step on one batch, timed interleaved (``benchmarks.timing``):
+    ``warmup`` untimed steps each, then ``repeats`` rounds of ``inner`` steps of every method
+    in turn, so that background load hits them alike; medians over the rounds and the ratio to
+    ``constant`` (of the medians, and the median of the per-round ratios)."""
+    from benchmarks.timing import ratio, time_interleaved
+
+    steps_per_epoch = _steps_per_epoch(len(train), batch_size, None)
+    x = _inputs(torch.from_numpy(train.images[:batch_size]))
+    y = torch.from_numpy(train.labels[:batch_size])
+    candidates = {}
+    for method in methods:
+        trainer = Trainer(method, 0, steps_per_epoch=steps_per_epoch, lr=lr)
+        candidates[method] = lambda trainer=trainer: trainer.step(x, y)
+    timings = time_interleaved(candidates, repeats=repeats, warmup=warmup, inner=inner)
+    result: dict[str, Any] = {
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "inner": inner,
+        "warmup": warmup,
+        "threads": torch.get_num_threads(),
+        "methods": {},
+    }
+    for method, timing in timings.items():
+        entry: dict[str, Any] = {
+            "step_ms": 1e3 * timing.median,
+            "samples_ms": [1e3 * t for t in timing.samples],
+        }
+        if "constant" in timings:
+            ratios = ratio(timing, timings["constant"])
+            entry["x_constant"] = ratios["ratio_of_medians"]
+            entry["x_constant_paired"] = ratios["median_of_ratios"]
+        result["methods"][method] = entry
+    return result
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
     mean = statistics.fmean(values)
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per method: accuracies (mean, std over seeds), step time and its ratio to the
-    ``constant`` run of the same seed (mean over seeds of the per-seed ratios)."""
+def summarize(
+    runs: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    timing: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per method: accuracies (mean, std over seeds); the step time of the
+    interleaved timing (``timing``) and its ratio to ``constant``; the median step time
+    during the training runs and its ratio to the ``constant`` run of the same seed (mean over
+    seeds)."""
     baseline = {r["seed"]: r["step_ms_median"] for r in runs if r["method"] == "constant"}
+    timed = (timing or {}).get("methods", {})
     rows = []
     for method in methods:
         mine = [r for r in runs if r["method"] == method]
@@ -290,33 +370,40 @@ def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[di
             ("task1_acc", [r["test_acc"][0] for r in mine]),
             ("task2_acc", [r["test_acc"][1] for r in mine]),
             ("mean_acc", [r["test_acc_mean"] for r in mine]),
-            ("step_ms", [r["step_ms_median"] for r in mine]),
+            ("train_step_ms", [r["step_ms_median"] for r in mine]),
             ("weighting_us", [r["weighting_us_median"] for r in mine]),
         ):
             row[key], row[key + "_std"] = _mean_std(values)
-        row["step_x_constant"] = statistics.fmean(ratios) if ratios else None
-        row["step_x_constant_per_seed"] = ratios
+        row["train_step_x_constant"] = statistics.fmean(ratios) if ratios else None
+        row["train_step_x_constant_per_seed"] = ratios
+        entry = timed.get(method, {})
+        row["step_ms"] = entry.get("step_ms")
+        row["step_x_constant"] = entry.get("x_constant_paired")
         rows.append(row)
     return rows
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The summary as a Markdown table (accuracies in %, mean ± sample std over seeds)."""
     lines = [
         "| method | task 1 (top-left) acc. % | task 2 (bottom-right) acc. % | mean acc. % "
-        "| step ms | step × constant | weighting µs |",
-        "|---|---|---|---|---|---|---|",
+        "| step ms | step × constant | weighting µs | step ms in training (× constant) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        ratio = row["step_x_constant"]
         lines.append(
             f"| {row['label']} "
             f"| {row['task1_acc']:.2f} ± {row['task1_acc_std']:.2f} "
             f"| {row['task2_acc']:.2f} ± {row['task2_acc_std']:.2f} "
             f"| **{row['mean_acc']:.2f}** ± {row['mean_acc_std']:.2f} "
-            f"| {row['step_ms']:.1f} "
-            f"| {'-' if ratio is None else f'{ratio:.3f}'} "
-            f"| {row['weighting_us']:.0f} |"
+            f"| {_num(row['step_ms'], '.1f')} "
+            f"| {_num(row['step_x_constant'], '.3f')} "
+            f"| {row['weighting_us']:.0f} "
+            f"| {row['train_step_ms']:.0f} ({_num(row['train_step_x_constant'], '.2f')}) |"
         )
     return "\n".join(lines) + "\n"
 
@@ -390,15 +477,17 @@ def plot_weights(record: dict[str, Any], path: Path, dpi: int = 90) -> None:
 def write_outputs(record: dict[str, Any], out_dir: Path, *, figure: bool = True) -> None:
     """``results.json``, ``table.md`` and (``figure``) ``weights.png`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    record["summary"] = summarize(record["runs"], record["config"]["methods"])
+    record["summary"] = summarize(record["runs"], record["config"]["methods"], record.get("timing"))
     (out_dir / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     config = record["config"]
+    commands = "\n".join(inv["command"] for inv in record["invocations"])
     header = (
         f"Multi-Fashion, {config['epochs']} epochs of {record['data']['train']['size']} images "
         f"(batch {config['batch_size']}, Adam lr {config['lr']}), "
         f"test on {record['data']['test']['size']} images; seeds "
-        f"{', '.join(str(s) for s in config['seeds'])}; mean ± sample std over seeds.\n\n"
-        f"`{record['command']}`\n\n"
+        f"{', '.join(str(s) for s in config['seeds'])}; accuracies: mean ± sample std over "
+        "seeds. Step times: see the README beside this file.\n\n"
+        f"```bash\n{commands}\n```\n\n"
     )
     (out_dir / "table.md").write_text(header + markdown_table(record["summary"]))
     if figure:
@@ -445,6 +534,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR / NAME)
     parser.add_argument("--trajectory-points", type=int, default=250)
     parser.add_argument("--no-figure", action="store_true")
+    parser.add_argument("--no-timing", action="store_true", help="skip the interleaved timing")
+    parser.add_argument("--timing-repeats", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--timing-inner", type=int, default=10, help="steps per round")
+    parser.add_argument("--timing-warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--resume", action="store_true", help="keep the finished runs in --out-dir")
     parser.add_argument("--plot-only", type=Path, metavar="JSON", help="redraw table and figure")
     return parser.parse_args(argv)
@@ -493,11 +586,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv_list = list(sys.argv[1:] if argv is None else argv)
     if argv_list:
         command += " " + shlex.join(argv_list)
+    invocation = {"command": command, "code": code_version(), "machine": machine}
     record: dict[str, Any] = {
         "benchmark": NAME,
-        "command": command,
-        "code": code_version(),
-        "machine": machine,
+        "invocations": [invocation],
         "config": config,
         "data": data_record,
         "runs": [],
@@ -510,9 +602,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"--resume: {results} was made with another configuration or data.")
         wanted = {(m, s) for m in args.methods for s in args.seeds}
         record["runs"] = [r for r in old["runs"] if (r["method"], r["seed"]) in wanted]
-        record["previous_wall_seconds"] = old.get("wall_seconds", 0.0) + old.get(
-            "previous_wall_seconds", 0.0
-        )
+        previous = old.get("invocations") or [
+            {key: old.get(key) for key in ("command", "code", "machine", "wall_seconds")}
+        ]
+        record["invocations"] = [*previous, invocation]
         print(f"resuming: {len(record['runs'])} runs kept from {results}", flush=True)
     done = {(r["method"], r["seed"]) for r in record["runs"]}
     for seed in args.seeds:
@@ -537,13 +630,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{run['train_seconds']:.0f} s",
                 flush=True,
             )
-            record["wall_seconds"] = time.perf_counter() - wall_start
+            invocation["wall_seconds"] = time.perf_counter() - wall_start
             write_outputs(record, args.out_dir, figure=False)  # a crash keeps the finished runs
-    record["wall_seconds"] = time.perf_counter() - wall_start
+    if not args.no_timing:
+        print("timing every method's step, interleaved", flush=True)
+        record["timing"] = time_steps(
+            args.methods,
+            data["train"],
+            batch_size=args.batch_size,
+            lr=args.lr,
+            repeats=args.timing_repeats,
+            inner=args.timing_inner,
+            warmup=args.timing_warmup,
+        )
+    invocation["wall_seconds"] = time.perf_counter() - wall_start
     write_outputs(record, args.out_dir, figure=not args.no_figure)
     print(markdown_table(record["summary"]), end="")
+    total = sum(inv.get("wall_seconds") or 0.0 for inv in record["invocations"])
     print(
-        f"wall time {record['wall_seconds']:.0f} s; written to {args.out_dir}",
+        f"wall time {invocation['wall_seconds']:.0f} s (all invocations: {total:.0f} s); "
+        f"written to {args.out_dir}",
         flush=True,
     )
     return record

@@ -107,8 +107,9 @@ def test_the_benchmark_runs_end_to_end(monkeypatch, tmp_path):
 
     monkeypatch.setattr(multifashion_data, "load", fake_load)
     threads = torch.get_num_threads()
+    args = "--methods constant anl --seeds 0 1 --epochs 1 --batch-size 16 --timing-repeats 2"
+    args += " --timing-inner 1 --timing-warmup 1 --out-dir"
     try:
-        args = "--methods constant anl --seeds 0 1 --epochs 1 --batch-size 16 --out-dir"
         record = multifashion.main([*args.split(), str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
@@ -118,7 +119,16 @@ def test_the_benchmark_runs_end_to_end(monkeypatch, tmp_path):
     assert record["data"]["train"]["size"] == 64 and record["data"]["test"]["size"] == 16
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [row["method"] for row in saved["summary"]] == ["constant", "anl"]
-    assert saved["summary"][0]["step_x_constant"] == 1.0
+    assert saved["summary"][0]["train_step_x_constant"] == 1.0
+    assert saved["timing"]["methods"]["constant"]["x_constant"] == 1.0
+    assert len(saved["timing"]["methods"]["anl"]["samples_ms"]) == 2
     table = (tmp_path / "table.md").read_text()
-    assert "| ANL |" in table and record["command"] in table
+    assert "| ANL |" in table and record["invocations"][0]["command"] in table
     assert (tmp_path / "weights.png").stat().st_size > 0
+
+    # --resume keeps the finished runs (no training) and records the second invocation.
+    try:
+        again = multifashion.main([*args.split(), str(tmp_path), "--resume", "--no-timing"])
+    finally:
+        torch.set_num_threads(threads)
+    assert again["runs"] == saved["runs"] and len(again["invocations"]) == 2
