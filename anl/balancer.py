@@ -16,7 +16,7 @@ from torch import Tensor
 
 from anl import functional
 from anl.inputs import describe, parse_names
-from anl.weighting import DEFAULT_HISTORY_SIZE, LossWeighting
+from anl.weighting import DEFAULT_HISTORY_SIZE, Hyperparameter, LossWeighting
 
 __all__ = ["AdaptiveLossBalancer"]
 
@@ -91,23 +91,11 @@ class AdaptiveLossBalancer(LossWeighting):
             dtype=dtype,
         )
 
-    @property
-    def beta(self) -> float:
-        r""":math:`\beta`, the exponent of Eq. 8."""
-        return self.defaults["beta"]
+    beta: Hyperparameter[float] = Hyperparameter(r""":math:`\beta`, the exponent of Eq. 8.""")
 
-    @beta.setter
-    def beta(self, value: float) -> None:
-        self.defaults["beta"] = self._check_hyperparameter("beta", value)
-
-    @property
-    def weight_lr(self) -> float:
+    weight_lr: Hyperparameter[float] = Hyperparameter(
         """:math:`r_w`, the learning rate of the weights (Eq. 9)."""
-        return self.defaults["weight_lr"]
-
-    @weight_lr.setter
-    def weight_lr(self, value: float) -> None:
-        self.defaults["weight_lr"] = self._check_hyperparameter("weight_lr", value)
+    )
 
     def _update(
         self,

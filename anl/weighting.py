@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 import torch
@@ -46,12 +46,38 @@ from anl.state import (
     split_state_dict,
 )
 
-__all__ = ["DEFAULT_HISTORY_SIZE", "LossWeighting"]
+__all__ = ["DEFAULT_HISTORY_SIZE", "Hyperparameter", "LossWeighting"]
 
 #: Steps of :meth:`LossWeighting.history` kept by default (the newest ones).
 DEFAULT_HISTORY_SIZE = 10_000
 
+T = TypeVar("T")
+
 _VECTORS = ("weights", "initial_losses", "relative_losses")
+
+
+class Hyperparameter(Generic[T]):
+    """A rule's hyperparameter as an attribute (``balancer.weight_lr *= 0.1``): read from
+    :attr:`LossWeighting.defaults`, written through the rule's ``_check_hyperparameter``, so a
+    bad value raises and changes nothing. It is saved in the state dict with the others."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> Hyperparameter[T]: ...
+
+    @overload
+    def __get__(self, obj: LossWeighting, objtype: type | None = None) -> T: ...
+
+    def __get__(self, obj: LossWeighting | None, objtype: type | None = None) -> Any:
+        return self if obj is None else obj.defaults[self.name]
+
+    def __set__(self, obj: LossWeighting, value: T) -> None:
+        obj.defaults[self.name] = obj._check_hyperparameter(self.name, value)
 
 
 class LossWeighting:
@@ -251,12 +277,7 @@ class LossWeighting:
         loss's autograd graph; for numbers only it is a Python float.
         """
         batch = collect_losses(losses, self._names)
-        if (
-            self.supports_host
-            and self._float64
-            and (batch.device is None or batch.device.type == "cpu")
-            and not torch.compiler.is_compiling()
-        ):
+        if self._runs_on_host(batch):
             weights = self._step_on_host(batch)
         else:
             weights = self._step_on_device(batch)
@@ -306,7 +327,19 @@ class LossWeighting:
         return functional.weighted_sum(weights, losses)  # type: ignore[arg-type]
 
     # -------------------------------------------------------------- the host path
-    def _step_on_host(self, batch: LossBatch) -> list[float]:
+    def _runs_on_host(self, batch: LossBatch) -> bool:
+        """Whether this batch takes the host path (numbers or CPU tensors, a float64 state,
+        not under ``torch.compile``)."""
+        return (
+            self.supports_host
+            and self._float64
+            and (batch.device is None or batch.device.type == "cpu")
+            and not torch.compiler.is_compiling()
+        )
+
+    def _host_values(self, batch: LossBatch) -> tuple[list[float], tuple[bool, ...] | None]:
+        """The detached losses as floats (NaN where absent, cross-rank means under
+        ``distributed``) and which are present (``None``: all)."""
         present: tuple[bool, ...] | None = None if batch.all_present else batch.present
         values = [
             v.item() if isinstance(v, Tensor) else math.nan if v is None else v
@@ -314,6 +347,36 @@ class LossWeighting:
         ]
         if self._distributed and is_distributed():
             values, present = host_mean_across_ranks(values, present)
+        return values, present
+
+    def _device_values(self, batch: LossBatch) -> tuple[Tensor, Tensor | None, torch.device]:
+        """The detached losses as one tensor of the state's dtype on their device (NaN where
+        absent, cross-rank means under ``distributed``), the mask of the present ones
+        (``None``: all) and the device; no read-back."""
+        device = batch.device if batch.device is not None else torch.device("cpu")
+        dtype, n = self._dtype, len(self._names)
+        detached = torch.stack(
+            [
+                v.detach().to(dtype)
+                if isinstance(v, Tensor)
+                else torch.tensor(v, dtype=dtype, device=device)
+                for v in batch.values
+                if v is not None
+            ]
+        )
+        mask: Tensor | None = None
+        values = detached
+        if not batch.all_present:
+            kept = torch.tensor([i for i, p in enumerate(batch.present) if p], device=device)
+            values = torch.full((n,), math.nan, dtype=dtype, device=device)
+            values = values.index_copy(0, kept, detached)
+            mask = torch.tensor(batch.present, device=device)
+        if self._distributed and is_distributed():
+            values, mask = device_mean_across_ranks(values, mask)
+        return values, mask, device
+
+    def _step_on_host(self, batch: LossBatch) -> list[float]:
+        values, present = self._host_values(batch)
         state = self._state if self._device is None else self._host_state()
         initial = state["initial_losses"]
         if present is None and self._all_referenced:  # the steady state, checked in one pass
@@ -393,26 +456,8 @@ class LossWeighting:
 
     # -------------------------------------------------------------- the device path
     def _step_on_device(self, batch: LossBatch) -> Tensor:
-        device = batch.device if batch.device is not None else torch.device("cpu")
+        values, mask, device = self._device_values(batch)
         dtype, n = self._dtype, len(self._names)
-        detached = torch.stack(
-            [
-                v.detach().to(dtype)
-                if isinstance(v, Tensor)
-                else torch.tensor(v, dtype=dtype, device=device)
-                for v in batch.values
-                if v is not None
-            ]
-        )
-        mask: Tensor | None = None
-        values = detached
-        if not batch.all_present:
-            kept = torch.tensor([i for i, p in enumerate(batch.present) if p], device=device)
-            values = torch.full((n,), math.nan, dtype=dtype, device=device)
-            values = values.index_copy(0, kept, detached)
-            mask = torch.tensor(batch.present, device=device)
-        if self._distributed and is_distributed():
-            values, mask = device_mean_across_ranks(values, mask)
         state = self._device_state(device)
         here = mask if mask is not None else torch.ones(n, dtype=torch.bool, device=device)
         has_reference = state["has_reference"]

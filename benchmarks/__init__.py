@@ -6,7 +6,8 @@ ratio measured in the same run against a reference, over interleaved repeats (me
 absolute timings are printed alongside for context only. See ``docs/benchmarks.md``.
 
 =====================  ============================================================================
-balancer_overhead      ``AdaptiveLossBalancer.step`` vs a bare weighted sum; share of an MTARD step
+balancer_overhead      every weighting class's call vs a bare weighted sum; share of an MTARD step
+small_step             each weighting class on a small (PINN-like, 8-task) step vs a plain sum
 step_vs_floor          one MTARD step vs the sum of the passes it cannot avoid, each timed alone
 step_vs_reference      our MTARD step vs a loop written as the official code (:mod:`.reference_mtard`)
 step_options           BatchNorm folding, channels_last and ``torch.compile`` on or off

@@ -286,12 +286,6 @@ def test_wheel_installs_with_core_dependencies_only(dist, metadata, tmp_path):
         timeout=300,
         env=_environment(),
     )
-    if cli.returncode != 0 and "No module named 'tqdm'" in cli.stderr:
-        pytest.xfail(
-            "anl-mtard --help needs tqdm without the mtard extra: "
-            "anl/integrations/mtard/data.py imports tqdm at module level "
-            "(to be made lazy by the mtard layout redesign)"
-        )
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert "usage" in cli.stdout.lower()
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from anl import functional
 from anl.inputs import parse_names
 from anl.rules import _common
-from anl.weighting import DEFAULT_HISTORY_SIZE, LossWeighting
+from anl.weighting import DEFAULT_HISTORY_SIZE, Hyperparameter, LossWeighting
 
 __all__ = ["DynamicWeightAverage"]
 
@@ -112,23 +112,13 @@ class DynamicWeightAverage(LossWeighting):
             dtype=dtype,
         )
 
-    @property
-    def temperature(self) -> float:
+    temperature: Hyperparameter[float] = Hyperparameter(
         r""":math:`T`, the softmax temperature of Eq. 7."""
-        return self.defaults["temperature"]
+    )
 
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self.defaults["temperature"] = self._check_hyperparameter("temperature", value)
-
-    @property
-    def window(self) -> int:
+    window: Hyperparameter[int] = Hyperparameter(
         """:math:`W`, the applied steps per averaging window."""
-        return self.defaults["window"]
-
-    @window.setter
-    def window(self, value: int) -> None:
-        self.defaults["window"] = self._check_hyperparameter("window", value)
+    )
 
     # ------------------------------------------------------------------------ the rule
     def _extra_state(self) -> dict[str, Any]:

@@ -88,10 +88,9 @@ import torch
 from torch import Tensor
 
 from anl import functional
-from anl.distributed import device_mean_across_ranks, host_mean_across_ranks, is_distributed
 from anl.inputs import LossBatch, Losses, collect_losses, describe, parse_names
 from anl.state import split_state_dict
-from anl.weighting import DEFAULT_HISTORY_SIZE, LossWeighting
+from anl.weighting import DEFAULT_HISTORY_SIZE, Hyperparameter, LossWeighting
 
 __all__ = ["FAMO"]
 
@@ -168,23 +167,9 @@ class FAMO(LossWeighting):
         self._reference: functional.Vector | None = None  # the step's losses, for _combine
 
     # ------------------------------------------------------------------------ hyperparameters
-    @property
-    def weight_lr(self) -> float:
-        """The logits' Adam learning rate."""
-        return self.defaults["weight_lr"]
+    weight_lr: Hyperparameter[float] = Hyperparameter("""The logits' Adam learning rate.""")
 
-    @weight_lr.setter
-    def weight_lr(self, value: float) -> None:
-        self.defaults["weight_lr"] = self._check_hyperparameter("weight_lr", value)
-
-    @property
-    def gamma(self) -> float:
-        r""":math:`\gamma`, the logits' weight decay."""
-        return self.defaults["gamma"]
-
-    @gamma.setter
-    def gamma(self, value: float) -> None:
-        self.defaults["gamma"] = self._check_hyperparameter("gamma", value)
+    gamma: Hyperparameter[float] = Hyperparameter(r""":math:`\gamma`, the logits' weight decay.""")
 
     def _check_hyperparameter(self, name: str, value: Any) -> Any:
         if name == "weight_lr":
@@ -414,25 +399,14 @@ class FAMO(LossWeighting):
                 "since the last update. Nothing was changed."
             )
         batch = collect_losses(losses, self._names)
-        if (
-            self.supports_host
-            and self._float64
-            and (batch.device is None or batch.device.type == "cpu")
-            and not torch.compiler.is_compiling()
-        ):
+        if self._runs_on_host(batch):
             self._update_on_host(batch)
         else:
             self._update_on_device(batch)
         self._awaiting_update = False
 
     def _update_on_host(self, batch: LossBatch) -> None:
-        present: Sequence[bool] | None = None if batch.all_present else batch.present
-        values = [
-            v.item() if isinstance(v, Tensor) else math.nan if v is None else v
-            for v in batch.values
-        ]
-        if self._distributed and is_distributed():
-            values, present = host_mean_across_ranks(values, present)
+        values, present = self._host_values(batch)
         here = present if present is not None else [True] * len(values)
         for name, value, p in zip(self._names, values, here, strict=True):
             if p and not (0 <= value < math.inf):
@@ -457,26 +431,8 @@ class FAMO(LossWeighting):
         state["num_updates"] += 1
 
     def _update_on_device(self, batch: LossBatch) -> None:
-        device = batch.device if batch.device is not None else torch.device("cpu")
-        dtype, n = self._dtype, self.num_losses
-        detached = torch.stack(
-            [
-                v.detach().to(dtype)
-                if isinstance(v, Tensor)
-                else torch.tensor(v, dtype=dtype, device=device)
-                for v in batch.values
-                if v is not None
-            ]
-        )
-        mask: Tensor | None = None
-        values = detached
-        if not batch.all_present:
-            kept = torch.tensor([i for i, p in enumerate(batch.present) if p], device=device)
-            values = torch.full((n,), math.nan, dtype=dtype, device=device)
-            values = values.index_copy(0, kept, detached)
-            mask = torch.tensor(batch.present, device=device)
-        if self._distributed and is_distributed():
-            values, mask = device_mean_across_ranks(values, mask)
+        values, mask, device = self._device_values(batch)
+        n = self.num_losses
         state = self._device_state(device)
         here = mask if mask is not None else torch.ones(n, dtype=torch.bool, device=device)
         valid = ((torch.isfinite(values) & (values >= 0)) | ~here).all()

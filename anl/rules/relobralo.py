@@ -12,7 +12,7 @@ from torch import Tensor
 from anl import functional
 from anl.inputs import parse_names
 from anl.rules import _common, _random
-from anl.weighting import DEFAULT_HISTORY_SIZE, LossWeighting
+from anl.weighting import DEFAULT_HISTORY_SIZE, Hyperparameter, LossWeighting
 
 __all__ = ["ReLoBRaLo"]
 
@@ -125,41 +125,15 @@ class ReLoBRaLo(LossWeighting):
             dtype=dtype,
         )
 
-    @property
-    def alpha(self) -> float:
-        r""":math:`\alpha`, the weight of the history."""
-        return self.defaults["alpha"]
+    alpha: Hyperparameter[float] = Hyperparameter(r""":math:`\alpha`, the weight of the history.""")
 
-    @alpha.setter
-    def alpha(self, value: float) -> None:
-        self.defaults["alpha"] = self._check_hyperparameter("alpha", value)
-
-    @property
-    def expected_rho(self) -> float:
+    expected_rho: Hyperparameter[float] = Hyperparameter(
         r""":math:`\mathbb E[\rho]`, the probability of keeping the history (the saudade)."""
-        return self.defaults["expected_rho"]
+    )
 
-    @expected_rho.setter
-    def expected_rho(self, value: float) -> None:
-        self.defaults["expected_rho"] = self._check_hyperparameter("expected_rho", value)
+    temperature: Hyperparameter[float] = Hyperparameter(""":math:`T`, the softmax temperature.""")
 
-    @property
-    def temperature(self) -> float:
-        """:math:`T`, the softmax temperature."""
-        return self.defaults["temperature"]
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self.defaults["temperature"] = self._check_hyperparameter("temperature", value)
-
-    @property
-    def seed(self) -> int:
-        """The seed of the draws of :math:`\\rho`."""
-        return self.defaults["seed"]
-
-    @seed.setter
-    def seed(self, value: int) -> None:
-        self.defaults["seed"] = self._check_hyperparameter("seed", value)
+    seed: Hyperparameter[int] = Hyperparameter("""The seed of the draws of :math:`\\rho`.""")
 
     # ------------------------------------------------------------------------ the rule
     def _extra_state(self) -> dict[str, Any]:

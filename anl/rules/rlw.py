@@ -12,7 +12,7 @@ from torch import Tensor
 from anl import functional
 from anl.inputs import parse_names
 from anl.rules import _common, _random
-from anl.weighting import DEFAULT_HISTORY_SIZE, LossWeighting
+from anl.weighting import DEFAULT_HISTORY_SIZE, Hyperparameter, LossWeighting
 
 __all__ = ["RandomLossWeighting"]
 
@@ -99,14 +99,7 @@ class RandomLossWeighting(LossWeighting):
             dtype=dtype,
         )
 
-    @property
-    def seed(self) -> int:
-        """The seed of the draws."""
-        return self.defaults["seed"]
-
-    @seed.setter
-    def seed(self, value: int) -> None:
-        self.defaults["seed"] = self._check_hyperparameter("seed", value)
+    seed: Hyperparameter[int] = Hyperparameter("""The seed of the draws.""")
 
     def _extra_state(self) -> dict[str, Any]:
         return {"draws": 0}  # the updates applied so far: the generator's whole state

@@ -13,7 +13,7 @@ from torch import Tensor
 from anl import functional
 from anl.inputs import describe, parse_names
 from anl.rules import _common
-from anl.weighting import DEFAULT_HISTORY_SIZE, LossWeighting
+from anl.weighting import DEFAULT_HISTORY_SIZE, Hyperparameter, LossWeighting
 
 __all__ = ["SoftAdapt"]
 
@@ -131,32 +131,15 @@ class SoftAdapt(LossWeighting):
             dtype=dtype,
         )
 
-    @property
-    def beta(self) -> float:
-        r""":math:`\beta`, the softmax's scale."""
-        return self.defaults["beta"]
+    beta: Hyperparameter[float] = Hyperparameter(r""":math:`\beta`, the softmax's scale.""")
 
-    @beta.setter
-    def beta(self, value: float) -> None:
-        self.defaults["beta"] = self._check_hyperparameter("beta", value)
-
-    @property
-    def variant(self) -> str:
+    variant: Hyperparameter[str] = Hyperparameter(
         """``"original"``, ``"normalized"`` or ``"loss_weighted"``."""
-        return self.defaults["variant"]
+    )
 
-    @variant.setter
-    def variant(self, value: str) -> None:
-        self.defaults["variant"] = self._check_hyperparameter("variant", value)
-
-    @property
-    def order(self) -> int:
+    order: Hyperparameter[int] = Hyperparameter(
         """:math:`p`, the accuracy order of the finite differences."""
-        return self.defaults["order"]
-
-    @order.setter
-    def order(self, value: int) -> None:
-        self.defaults["order"] = self._check_hyperparameter("order", value)
+    )
 
     # ------------------------------------------------------------------------ the rule
     def _extra_state(self) -> dict[str, Any]:

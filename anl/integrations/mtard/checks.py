@@ -1,8 +1,10 @@
 """Argument checks that all speak one sentence: "Parameter `x` should be ... Found `x = ...`."
 
 Every public function of the MTARD package validates its arguments before it computes, and
-names the first wrong one with the value it was given. :func:`fail` is that sentence;
-:func:`check_int` and :func:`check_float` are the two checks that recur.
+names the first wrong one with the value it was given. :func:`fail` is that sentence, raised as
+an :class:`ArgumentError` (a ``ValueError``); :func:`check_int` and :func:`check_float` are the
+two checks that recur. The command line answers an :class:`ArgumentError` with exit status 2
+(a usage error) and any other failure with 1.
 """
 
 from __future__ import annotations
@@ -12,16 +14,25 @@ from collections.abc import Callable
 from typing import NoReturn
 
 
+class ArgumentError(ValueError):
+    """A wrong argument (a value, a name, a combination): what :func:`fail` raises.
+
+    It is a ``ValueError``, so code that catches ``ValueError`` sees no difference; the
+    ``anl-mtard`` command answers it as a usage error (exit status 2), whereas a missing or
+    corrupt file found while running, or a failed run, is a runtime failure (exit status 1).
+    """
+
+
 def fail(name: str, value: object, expected: str) -> NoReturn:
-    """Raise ``ValueError("Parameter `name` should be <expected>. Found `name = value`.")``.
+    """Raise ``ArgumentError("Parameter `name` should be <expected>. Found `name = value`.")``.
 
     Example:
         >>> fail("jobs", 0, "an integer >= 1")
         Traceback (most recent call last):
         ...
-        ValueError: Parameter `jobs` should be an integer >= 1. Found `jobs = 0`.
+        anl.integrations.mtard.checks.ArgumentError: Parameter `jobs` should be an integer >= 1. Found `jobs = 0`.
     """
-    raise ValueError(f"Parameter `{name}` should be {expected}. Found `{name} = {value!r}`.")
+    raise ArgumentError(f"Parameter `{name}` should be {expected}. Found `{name} = {value!r}`.")
 
 
 def is_real(value: object) -> bool:

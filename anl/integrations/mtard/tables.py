@@ -8,14 +8,13 @@ Tables 2-5 (grouped by attack, then defense; one column triple per dataset);
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .attacks.registry import attack_title
 from .data.registry import dataset_title
-from .runtime.files import atomic_write_text
+from .runtime.files import atomic_write_json, atomic_write_text
 
 _ROW_KEYS = ("dataset", "defense", "attack", "clean", "robust", "w_robust")
 _METRICS = ("clean", "robust", "w_robust")
@@ -119,8 +118,9 @@ def write_results(
 ) -> tuple[Path, Path]:
     """Write ``<out_dir>/<name>.json`` (the full result) and ``<name>.md`` (the table).
 
-    ``defense`` labels the table rows (default: ``results["defense"]`` if present, else
-    ``name``). Both files are written atomically. Returns their paths.
+        ``defense`` labels the table rows (default: ``results["defense"]`` if present, else
+        ``name``). Both files are written atomically; the JSON file carries its content hash
+    (``content_sha256``, verified by :func:`~.runtime.files.read_json`). Returns their paths.
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"Parameter `name` should be a plain file stem. Found `name = {name!r}`.")
@@ -128,7 +128,7 @@ def write_results(
     label = defense or results.get("defense") or name
     table = results_table(result_rows(results, label))
     json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
-    atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
+    atomic_write_json(json_path, results, digest=True)
     eps = results.get("eps")
     caption = f"{label}: {results.get('n_examples')} test points"
     if eps is not None:

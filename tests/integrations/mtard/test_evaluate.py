@@ -16,6 +16,8 @@ from anl.integrations.mtard.attacks.registry import DEFAULT_ATTACKS
 from anl.integrations.mtard.data.registry import DATASETS, ImageData
 from anl.integrations.mtard.evaluation.counting import w_robust
 from anl.integrations.mtard.evaluation.robustness import evaluate
+from anl.integrations.mtard.runtime.files import read_json
+from anl.integrations.mtard.runtime.integrity import DIGEST_KEY
 from anl.integrations.mtard.tables import result_rows, results_table, write_results
 
 
@@ -290,7 +292,8 @@ def test_write_results_round_trip(tmp_path: Path) -> None:
     x, y = tensor_data(n=10, model=model)
     results = evaluate(model, (x, y), ["fgsm", "pgd_trades"], eps=0.05, **FAST)
     json_path, md_path = write_results(results, tmp_path / "out", "run1", defense="MTARD")
-    assert json.loads(json_path.read_text()) == results
+    assert read_json(json_path) == results  # its content hash verified and removed
+    assert DIGEST_KEY in json.loads(json_path.read_text())
     text = md_path.read_text()
     assert results_table(result_rows(results, "MTARD")) in text
     assert "| FGSM | MTARD |" in text and "| PGD_TRADES | MTARD |" in text

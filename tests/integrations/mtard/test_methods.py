@@ -423,6 +423,25 @@ def test_eval_mode_attacks_run_on_the_eval_attack_model() -> None:
             assert torch.equal(value, reference.losses[name]), (method, name)
 
 
+@pytest.mark.parametrize(
+    ("method", "names"),
+    [
+        ("rslad", ("adv", "nat")),
+        ("baseline", ("adv",)),
+        ("baseline_mt", ("adv", "nat")),
+        ("ard", ("kd",)),
+    ],
+)
+def test_every_distillation_method_takes_a_kl_factor(method, names) -> None:
+    """The KL-scale control of the reports (issue #22): ``kl_factor`` scales exactly the KL
+    terms, nothing else (ARD's CE is untouched)."""
+    one, ten = Run(method), Run(method, {"kl_factor": 10.0})
+    for name in names:
+        assert_same(ten.losses[name], 10 * one.losses[name])
+    if method == "ard":
+        assert_same(ten.losses["ce"], one.losses["ce"])
+
+
 def test_baseline() -> None:
     run = Run("baseline")
     x_adv = run.replay_attack(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +30,7 @@ from anl.integrations.mtard.tables import results_table
 LABELS = [spec.label for spec in METHODS.values()]
 SMOKE_METHODS = Profile.load("smoke").to_dict()["methods"]
 SMOKE_ATTACKS = Profile.load("smoke").to_dict()["evaluation"]["attacks"]
-FIGURES = ("ablation", "total_loss", "relative_losses", "mtard_weights")
+FIGURES = ("ablation", "total_loss", "relative_losses", "mtard_weights", "accuracy")
 
 
 def tiny_profile() -> dict:
@@ -109,12 +111,13 @@ def test_smoke_writes_every_table_and_figure(smoke, capsys):
         assert fragment in summary, fragment
     assert "cannot be had on this machine" in summary
 
-    for name in FIGURES:
-        png = out / "figures" / f"{name}_small_cnn.png"
-        assert png.is_file() and png.stat().st_size > 1000, name
-    accuracy = sorted(p.name for p in (out / "figures" / "accuracy").glob("*.png"))
-    assert len(accuracy) == len(METHOD_ORDER) + 2  # every run and both teachers
-    assert all(p.stat().st_size > 1000 for p in (out / "figures" / "accuracy").glob("*.png"))
+    # Each figure as a PNG and an SVG; the accuracy of every run in one grid, the teachers'
+    # in another; results.json lists exactly the files written.
+    stems = [f"{name}_small_cnn" for name in FIGURES] + ["accuracy_teachers"]
+    expected = sorted(f"figures/{stem}.{ext}" for stem in stems for ext in ("png", "svg"))
+    written = sorted(p.relative_to(out).as_posix() for p in out.glob("figures/**/*") if p.is_file())
+    assert sorted(results["figures"]) == written == expected
+    assert all((out / name).stat().st_size > 1000 for name in written)
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +183,37 @@ def test_jobs_must_be_a_positive_integer(smoke, tmp_path, jobs):
 def test_existing_results_need_resume(smoke):
     with pytest.raises(ValueError, match="resume"):
         reproduce(json.loads((smoke / "config.json").read_text()), smoke)
+
+
+def test_plot_redraws_the_figures_of_a_results_directory(smoke, capsys, monkeypatch):
+    """`anl-mtard plot RESULTS_DIR` draws the report's figures again, every one of them."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(smoke)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # main() appends the working directory
+    drawn = sorted(
+        p.relative_to(smoke) for p in (smoke / "figures").rglob("*") if p.suffix in {".png", ".svg"}
+    )
+    capsys.readouterr()
+    assert cli.main(["plot", "."]) == 0
+    assert sorted(Path(p) for p in capsys.readouterr().out.split()) == drawn
+
+
+def test_diagnose_writes_the_premise_and_convergence_of_a_results_directory(
+    smoke, capsys, tmp_path
+):
+    """`anl-mtard diagnose RESULTS_DIR` recomputes diagnostics.md from results.json alone."""
+    copy = tmp_path / "results"
+    copy.mkdir()
+    (copy / "results.json").write_bytes((smoke / "results.json").read_bytes())
+    capsys.readouterr()
+    assert cli.main(["diagnose", str(copy)]) == 0
+    written = (copy / "diagnostics.md").read_text()
+    assert written.startswith("# Diagnostics of the `test` reproduction")
+    assert "## The paper's premise, measured here" in written
+    assert "## Convergence of each run" in written
+    assert written in capsys.readouterr().out
+    assert cli.main(["diagnose", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_resume_skips_completed_stages(smoke, monkeypatch):

@@ -40,7 +40,7 @@ SMALL_TEACHERS = {
 
 def test_packaged_profiles_load_and_validate():
     names = profile_names()
-    assert {"default", "full", "premise", "smoke", "paper-cifar10", "paper-cifar100"} <= set(names)
+    assert {"default", "default-kl10", "full", "premise", "smoke", "paper-cifar10"} <= set(names)
     for name in names:
         profile = Profile.load(name).to_dict()
         assert profile["name"] == name
@@ -306,3 +306,21 @@ def test_paper_cifar100_teachers_normalise_as_their_checkpoints_were_trained(tmp
         adv["arch"], num_classes=100, in_channels=3, depth=10, width=1, **adv["kwargs"]
     )
     assert built.mean.flatten().tolist() == pytest.approx(CIFAR100_MEAN)
+
+
+def test_a_profile_can_extend_another(tmp_path):
+    variant = Profile.load("default-kl10")
+    default = Profile.load("default")
+    assert variant.name == "default-kl10"
+    assert variant.to_dict()["train"] == default.to_dict()["train"]
+    paths = {"clean": "clean.pt", "adv": "adv.pt"}
+    for method in ("rslad", "baseline", "baseline_mt", "mtard"):
+        assert variant.student_config("small_cnn", method, 0, teacher_paths=paths).hyper == {
+            "kl_factor": 10.0
+        }
+    assert variant.student_config("small_cnn", "ard", 0, teacher_paths=paths).hyper == {}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"extends": str(b)}))
+    b.write_text(json.dumps({"extends": str(a)}))
+    with pytest.raises(ValueError, match="without a cycle"):
+        Profile.load(a)

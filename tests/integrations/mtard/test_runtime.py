@@ -107,7 +107,7 @@ def test_the_command_needs_only_torch_and_numpy():
         "import anl.integrations.mtard\n"
         "from anl.integrations.mtard.cli import main\n"
         "for argv in (['train', '--help'], ['evaluate', '--help'], ['reproduce', '--help'],"
-        " ['--help'], ['--version']):\n"
+        " ['plot', '--help'], ['sensitivity', '--help'], ['--help'], ['--version']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit as exit:\n"

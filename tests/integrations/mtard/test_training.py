@@ -398,7 +398,7 @@ def test_train_subcommand_end_to_end(teachers, tmp_path, monkeypatch, capsys):
     assert math.isfinite(metrics["final"]["val_wrobust"])
 
     args = parser.parse_args(["train", "--out", str(tmp_path / "new"), "--epochs", "1"])
-    assert args.func(args) == 2  # missing --method/--dataset/--student: a message, not a crash
+    assert cli.run_command(args) == 2  # missing --method/--dataset/--student: one line, exit 2
     assert "required fields ['method', 'dataset', 'student']" in capsys.readouterr().err
 
 

@@ -9,6 +9,7 @@ functions then compare what the ranks saved with each other and with single-proc
 * run ``b``: the same run stopped after one epoch and resumed (the remaining runs share a
   ``file://`` process group created by the worker);
 * run ``c``: a BatchNorm-free student, compared with one process holding the same global batch;
+* runs ``uncertainty`` and ``famo``: MTARD balanced by a rule with parameters and by FAMO;
 * a sharded :func:`~anl.integrations.mtard.evaluation.robustness.evaluate` of a fixed model on an odd number of test images;
 * the configuration errors that only exist with several ranks.
 
@@ -144,6 +145,12 @@ def _worker(rank: int, tmp: str, port: int, train_data, eval_data, teachers) -> 
         )
         steps.START_STD = 0.001
 
+        # Runs uncertainty, famo: MTARD balanced by a rule with parameters (their gradients
+        # averaged across ranks, as DDP averages the student's) and by FAMO (its second call).
+        for balancer in ("uncertainty", "famo"):
+            config = make_config(teachers, balancer=balancer)
+            train(config, tmp_path / balancer, progress=False, train_data=train_data)
+
         # A sharded evaluation of a fixed model.
         model = load_model(teachers[1])
         report["eval"] = evaluate(
@@ -250,6 +257,15 @@ STEPS = 2 * N_TRAIN // 32
 # --------------------------------------------------------------------------------------------
 # Tests
 # --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("run", "key"), [("uncertainty", "log_vars"), ("famo", "logits")])
+def test_ranks_agree_on_a_learned_or_second_call_balancer(two_ranks, run, key):
+    rank0, rank1 = load_dumps(two_ranks / "out", run, STEPS)
+    assert_states_equal(rank0, rank1)
+    learned = rank0["weighting"]["state"][key]
+    assert torch.equal(learned, rank1["weighting"]["state"][key])
+    assert bool((learned != 0).all())  # trained
 
 
 def test_ranks_hold_bit_identical_students_and_balancer_weights(two_ranks):

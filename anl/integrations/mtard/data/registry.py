@@ -1,6 +1,9 @@
 """The datasets of the MTARD experiments (CIFAR-10, CIFAR-100, Fashion-MNIST) and a split in memory.
 
-* :data:`DATASETS` — static facts per dataset (classes, shape, mean/std, the paper's epsilon);
+* :data:`DATASETS` — static facts per dataset (classes, shape, mean/std, the paper's epsilon)
+  and how to read it; :func:`register_dataset` adds the user's own, and an import path
+  ``package.module:attribute`` naming a :class:`DatasetInfo` (or a function returning one)
+  is a dataset name too;
 * :class:`ImageData` — a split held in memory: a uint8 ``N x C x H x W`` CPU tensor and int64
   labels;
 * :func:`load_dataset` — find, download, verify and decode a split (:mod:`.cifar`,
@@ -10,16 +13,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..checks import fail
+from ..runtime.plugins import Registry
 from .cifar import load_cifar
 from .fashion_mnist import load_fashion_mnist
+
+DatasetLoader = Callable[..., tuple[Tensor, Tensor]]
+"""``load(root, split, *, download, progress) -> (images, labels)``: a split read from the data
+folder ``root`` (``split`` is ``"train"`` or ``"test"``): ``uint8`` images ``N x C x H x W`` in
+``0..255`` and ``int64`` labels ``N``, both on the CPU."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,8 @@ class DatasetInfo:
         std: per-channel standard deviation of the training images in ``[0, 1]``.
         default_eps: the L-infinity budget used with this dataset: ``8/255`` on CIFAR
             (the paper's Sec. 4.1), ``0.1`` on Fashion-MNIST (the usual benchmark value).
+        load: how a split is read (:data:`DatasetLoader`); a dataset without one is only
+            described, not loadable by :func:`load_dataset`.
     """
 
     name: str
@@ -47,9 +62,22 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     default_eps: float
+    load: DatasetLoader | None = field(default=None, repr=False, compare=False)
 
 
-DATASETS: dict[str, DatasetInfo] = {
+def _dataset(path: str, found: Any) -> DatasetInfo:
+    """The :class:`DatasetInfo` an import path names (itself, or what a function returns),
+    named by the import path."""
+    info = found() if callable(found) and not isinstance(found, DatasetInfo) else found
+    if not isinstance(info, DatasetInfo) or not callable(info.load):
+        raise ValueError(
+            f"gives a `{type(info).__name__}` object, not a DatasetInfo with a `load` "
+            "function (nor a function returning one)."
+        )
+    return dataclasses.replace(info, name=path)
+
+
+_BUILT_IN = {
     "cifar10": DatasetInfo(
         name="cifar10",
         title="CIFAR-10",
@@ -59,6 +87,7 @@ DATASETS: dict[str, DatasetInfo] = {
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
         default_eps=8 / 255,
+        load=functools.partial(load_cifar, "cifar10"),
     ),
     "cifar100": DatasetInfo(
         name="cifar100",
@@ -69,6 +98,7 @@ DATASETS: dict[str, DatasetInfo] = {
         mean=(0.5071, 0.4865, 0.4409),
         std=(0.2673, 0.2564, 0.2762),
         default_eps=8 / 255,
+        load=functools.partial(load_cifar, "cifar100"),
     ),
     "fashion_mnist": DatasetInfo(
         name="fashion_mnist",
@@ -79,10 +109,43 @@ DATASETS: dict[str, DatasetInfo] = {
         mean=(0.2860,),
         std=(0.3530,),
         default_eps=0.1,
+        load=load_fashion_mnist,
     ),
 }
 
+#: Name -> :class:`DatasetInfo`. An import path ``package.module:attribute`` is a dataset name
+#: too (:class:`~..runtime.plugins.Registry`); :func:`register_dataset` adds one.
+DATASETS: Registry[DatasetInfo] = Registry("dataset", _BUILT_IN, adapt=_dataset)
+
 SPLITS = ("train", "test")
+
+
+def register_dataset(info: DatasetInfo, *, replace: bool = False) -> None:
+    """Register a user dataset under ``info.name``, for :func:`load_dataset`,
+    :class:`~..training.config.TrainConfig`, profiles and ``anl-mtard --dataset``.
+
+    Args:
+        info: what the dataset is, with its ``load`` function (:data:`DatasetLoader`).
+        replace: replace a dataset registered under that name.
+
+    Raises:
+        ValueError: for an invalid or taken name, or an ``info`` without ``load``.
+
+    Example:
+        >>> def load(root, split, *, download, progress):
+        ...     n = 8 if split == "train" else 4
+        ...     return torch.zeros(n, 1, 8, 8, dtype=torch.uint8), torch.zeros(n, dtype=torch.long)
+        >>> register_dataset(DatasetInfo("tiny", "Tiny", 2, 1, 8, (0.5,), (0.5,), 0.1, load))
+        >>> load_dataset("tiny", "test")
+        ImageData(name='tiny', images=uint8[4, 1, 8, 8], labels=int64[4])
+        >>> del DATASETS["tiny"]
+
+    A registration lives in this process: worker processes (``reproduce --jobs N``) and a later
+    ``anl-mtard`` command do not see it, whereas an import path works everywhere.
+    """
+    if not isinstance(info, DatasetInfo) or not callable(info.load):
+        fail("info", info, "a DatasetInfo with a `load` function")
+    DATASETS.register(info.name, info, replace=replace)
 
 
 def default_data_dir() -> Path:
@@ -185,7 +248,8 @@ def load_dataset(
 
     Args:
         name: ``"cifar10"``, ``"cifar100"`` or ``"fashion_mnist"`` (case, ``-`` and ``_``
-            are ignored: ``"CIFAR-10"`` and ``"fashion-mnist"`` work too).
+            are ignored: ``"CIFAR-10"`` and ``"fashion-mnist"`` work too), a registered
+            dataset (:func:`register_dataset`) or an import path.
         split: ``"train"`` or ``"test"``.
         data_dir: folder holding (or receiving) the files; default
             :func:`default_data_dir`.
@@ -206,15 +270,16 @@ def load_dataset(
         )
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     info = DATASETS[key]
-    if key == "fashion_mnist":
-        images, labels = load_fashion_mnist(root, split, download=download, progress=progress)
-    else:
-        images, labels = load_cifar(key, root, split, download=download, progress=progress)
+    if info.load is None:
+        fail("name", name, "a dataset with a `load` function")
+    images, labels = info.load(root, split, download=download, progress=progress)
     return ImageData(images, labels, info)
 
 
-def dataset_key(name: str) -> str:
-    """The :data:`DATASETS` key of ``name``, ignoring case, ``-`` and ``_``.
+def dataset_key(name: str, *, parameter: str = "name") -> str:
+    """The :data:`DATASETS` key of ``name``, ignoring case, ``-`` and ``_`` (an import path is
+    its own key); an unknown name raises an :class:`~..checks.ArgumentError` naming
+    ``parameter``.
 
     Example:
         >>> dataset_key("Fashion-MNIST")
@@ -225,8 +290,6 @@ def dataset_key(name: str) -> str:
         return text.lower().replace("-", "").replace("_", "")
 
     keys = {squash(key): key for key in DATASETS}
-    if not isinstance(name, str) or squash(name) not in keys:
-        raise ValueError(
-            f"Parameter `name` should be one of {sorted(DATASETS)}. Found `name = {name!r}`."
-        )
-    return keys[squash(name)]
+    if isinstance(name, str) and squash(name) in keys and ":" not in name:
+        return keys[squash(name)]
+    return DATASETS.resolve(name, parameter=parameter).name

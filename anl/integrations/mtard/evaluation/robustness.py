@@ -21,7 +21,7 @@ from ..checks import check_int, fail
 from ..runtime.execution import in_memory_format, model_mode, resolve_memory_format
 from ..runtime.optional import progress_bar
 from .counting import AttackFn, check_data, count_correct, indexed_batches, shard_indices, w_robust
-from .transfer import crafted_rows
+from .transfer import crafted_rows, transfer_problems
 
 
 def evaluate(
@@ -60,7 +60,9 @@ def evaluate(
             ``transfer_examples``.
         transfer_examples: transfer attacks crafted beforehand (:func:`craft_transfer`, or
             :func:`merge_transfer` of its shards): their examples are scored instead of
-            crafted, and their entries record the given ``settings``.
+            crafted, and their entries record the given ``settings``. Each evaluated point
+            needs an example, within ``eps`` of it and in [0, 1]
+            (:func:`~.transfer.transfer_problems`); otherwise a ``ValueError`` says which.
         n_examples: evaluate the first ``n_examples`` points only (all by default).
         square_queries: the Square Attack's query budget.
         rank, world_size: evaluate the exact shard ``indices[rank::world_size]``. When
@@ -106,6 +108,15 @@ def evaluate(
     crafted = {name: v for name, v in (transfer_examples or {}).items() if name in names}
     if any(not ATTACKS[name].transfer for name in crafted):
         fail("transfer_examples", sorted(crafted), "keyed by transfer attacks")
+    for name, entry in crafted.items():
+        problems = transfer_problems(entry, data, eps=eps, indices=indices)
+        if problems:
+            raise ValueError(
+                f"Parameter `transfer_examples` should hold, for `{name}`, an example of every "
+                f"evaluated point within eps = {eps:.4g} of it and in [0, 1]. Found that "
+                + "; ".join(problems)
+                + "."
+            )
     overrides = {name: dict(v) for name, v in (attack_overrides or {}).items()}
     if "square" in names:
         overrides.setdefault("square", {}).setdefault("n_queries", square_queries)

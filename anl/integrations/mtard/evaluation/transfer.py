@@ -5,6 +5,10 @@ point only, so a reproduction crafts them once (:func:`craft_transfer`, per rank
 ``torch.distributed``, joined by :func:`merge_transfer`) and
 :func:`~.robustness.evaluate` scores them on every student (``transfer_examples``), with
 exactly the numbers it would get by crafting them itself.
+
+Crafted examples are data read back from a file, so they are checked before they are scored
+(:func:`transfer_problems`): one for every evaluated point, each within the L-infinity ball of
+radius ``eps`` around its clean point (up to :data:`BALL_TOLERANCE`) and in [0, 1].
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from ..data.registry import ImageData
 from ..runtime.execution import in_memory_format, model_mode, resolve_memory_format
 from ..runtime.optional import progress_bar
 from .counting import AttackFn, indexed_batches, shard_indices
+
+#: The slack of the eps-ball and [0, 1] checks of crafted examples: float32 rounding of
+#: ``x +- eps`` (about 6e-8 near 1) is far below it, any real perturbation far above.
+BALL_TOLERANCE = 1e-6
+_CHUNK = 1024
 
 
 class _Unqueried(nn.Module):
@@ -116,3 +125,98 @@ def crafted_rows(crafted: Mapping[str, Any]) -> AttackFn:
         return x_adv_all[rows].to(x.device)
 
     return lookup
+
+
+def transfer_problems(
+    crafted: Mapping[str, Any],
+    data: Any,
+    *,
+    eps: float,
+    indices: Tensor,
+    exact: bool = False,
+) -> list[str]:
+    """What is wrong with one attack's crafted examples (an entry of :func:`craft_transfer`'s
+    result) for scoring the points ``indices`` of ``data`` at ``eps``; empty when nothing is.
+
+    The entry must hold ``x_adv`` (floating, one row per entry of ``indices``, each of the
+    points' shape) and ``indices`` (1-D integers); every point of ``indices`` must have a row
+    (with ``exact``, the entry's indices must be ``indices`` themselves: same count and
+    order), and each such row must be finite, lie in [0, 1] and within ``eps`` of its clean
+    point in the L-infinity norm, up to :data:`BALL_TOLERANCE`. ``data`` is an
+    :class:`~..data.registry.ImageData` or a pair ``(x, y)`` of tensors.
+    """
+    x_adv, ids = crafted.get("x_adv"), crafted.get("indices")
+    if not isinstance(x_adv, Tensor) or not isinstance(ids, Tensor):
+        return ["it does not hold the tensors `x_adv` and `indices`"]
+    if ids.ndim != 1 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        return [f"its `indices` are not 1-D integers ({ids.dtype}, shape {tuple(ids.shape)})"]
+    ids = ids.to("cpu", torch.long)
+    if x_adv.ndim < 1 or x_adv.shape[0] != ids.numel():
+        rows = x_adv.shape[0] if x_adv.ndim else 0
+        return [f"it holds {ids.numel()} indices for {rows} examples"]
+    if exact and not torch.equal(ids, indices):
+        return [
+            f"it holds examples for {ids.numel()} points ({_span(ids)}); the evaluation is on "
+            f"{indices.numel()} ({_span(indices)})"
+        ]
+    size = max(
+        int(ids.max()) + 1 if ids.numel() else 0, int(indices.max()) + 1 if indices.numel() else 0
+    )
+    row_of = torch.full((size,), -1, dtype=torch.long)
+    if ids.numel():
+        if int(ids.min()) < 0:
+            return ["its `indices` hold negative values"]
+        row_of[ids] = torch.arange(ids.numel())
+    rows = row_of[indices] if indices.numel() else indices
+    if bool((rows < 0).any()):
+        missing = indices[rows < 0]
+        return [
+            f"it holds no example for {missing.numel()} of the evaluated points ({_span(missing)})"
+        ]
+    if not x_adv.is_floating_point():
+        return [f"its examples are not floating point ({x_adv.dtype})"]
+    problems = []
+    outside_box = outside_ball = 0
+    largest = 0.0
+    for start in range(0, rows.numel(), _CHUNK):
+        chunk = indices[start : start + _CHUNK]
+        clean = _points(data, chunk)
+        adv = x_adv[rows[start : start + _CHUNK]].to("cpu", torch.float32)
+        if adv.shape[1:] != clean.shape[1:]:
+            return [
+                f"its examples have shape {tuple(x_adv.shape[1:])}, the points "
+                f"{tuple(clean.shape[1:])}"
+            ]
+        flat_adv = adv.reshape(adv.shape[0], -1)
+        finite = torch.isfinite(flat_adv).all(dim=1)
+        in_box = finite & (flat_adv >= -BALL_TOLERANCE).all(dim=1)
+        in_box &= (flat_adv <= 1 + BALL_TOLERANCE).all(dim=1)
+        distance = (flat_adv - clean.reshape(clean.shape[0], -1)).abs().amax(dim=1)
+        distance = torch.where(finite, distance, torch.full_like(distance, math.inf))
+        outside_box += int((~in_box).sum())
+        outside_ball += int((distance > eps + BALL_TOLERANCE).sum())
+        if distance.numel():
+            largest = max(largest, float(distance.max()))
+    if outside_box:
+        problems.append(f"{outside_box} of its {rows.numel()} examples are not in [0, 1]")
+    if outside_ball:
+        problems.append(
+            f"{outside_ball} of its {rows.numel()} examples lie outside the eps-ball around "
+            f"their points (largest |x_adv - x| = {largest:.4g} > eps = {eps:.4g})"
+        )
+    return problems
+
+
+def _points(data: Any, ids: Tensor) -> Tensor:
+    """The clean points ``ids`` of ``data`` as float32 in [0, 1] on the CPU, as
+    :func:`~.counting.indexed_batches` gives them."""
+    if isinstance(data, tuple | list):
+        return data[0][ids.to(data[0].device)].to("cpu", torch.float32)
+    return data.images[ids].float().div_(255)
+
+
+def _span(ids: Tensor) -> str:
+    if ids.numel() == 0:
+        return "none"
+    shown = ids[:5].tolist()
+    return "dataset indices " + ", ".join(map(str, shown)) + (", ..." if ids.numel() > 5 else "")

@@ -43,6 +43,11 @@ class MethodContext:
             BatchNorm folded, the same function up to float rounding, measured faster).
             ``None``: the attack runs on ``student`` itself. Train-mode attacks (ARD) always
             run on ``student``.
+        replay: set by the two-teacher methods (MTARD, Baseline+MT) at each step: called
+            under :func:`torch.no_grad` after the optimiser step, it recomputes that step's
+            losses with the student as it is now, on the same batch, adversarial examples and
+            teacher outputs, in train mode without updating BatchNorm's running statistics.
+            FAMO's second call (``update(losses_after)``) uses it; ``None`` before a step.
     """
 
     student: nn.Module
@@ -55,6 +60,7 @@ class MethodContext:
     hyper: dict[str, Any] = field(default_factory=dict)
     generator: torch.Generator | None = None
     eval_attack_model: Callable[[Tensor], nn.Module] | None = None
+    replay: Callable[[], dict[str, Tensor]] | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.eps) and self.eps >= 0):
@@ -91,6 +97,7 @@ _HYPER_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "alpha": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
     "temperature": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
     "kl_factor": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "w_adv": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]"),
 }
 
 

@@ -22,9 +22,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from anl import AdaptiveLossBalancer, ConstantWeights
+from anl import ConstantWeights, LossWeighting
 
 from ..checks import fail
+from .balancers import build_balancer, check_balancer
 from .context import LossFn, check_hyper
 from .steps import ard, baseline, baseline_mt, mtard, natural, rslad, sat, trades
 
@@ -67,7 +68,7 @@ class MethodSpec:
 
         Example:
             >>> METHODS["ard"].resolve_hyper({"temperature": 5.0, "alpha": 0.95})
-            {'temperature': 5.0, 'alpha': 0.95}
+            {'temperature': 5.0, 'alpha': 0.95, 'kl_factor': 1.0}
         """
         hyper = dict(hyper or {})
         unknown = sorted(set(hyper) - set(self.defaults))
@@ -112,6 +113,11 @@ def _ard_weights(hyper: Mapping[str, Any]) -> tuple[float, ...]:
     return (alpha, 1.0 - alpha)
 
 
+def _two_teacher_weights(hyper: Mapping[str, Any]) -> tuple[float, ...]:
+    w_adv = float(hyper["w_adv"])
+    return (w_adv, 1.0 - w_adv)
+
+
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
@@ -150,7 +156,7 @@ METHODS: dict[str, MethodSpec] = {
             loss_names=("kd", "ce"),
             weighting=(1.0, 0.0),
             teachers=("adv",),
-            defaults={"temperature": 30.0, "alpha": 1.0},
+            defaults={"temperature": 30.0, "alpha": 1.0, "kl_factor": 1.0},
             weights_from_hyper=_ard_weights,
             baseline=True,
             description="ARD, one adversarial teacher on clean inputs",
@@ -184,9 +190,10 @@ METHODS: dict[str, MethodSpec] = {
             loss_names=("adv", "nat"),
             weighting=(0.5, 0.5),
             teachers=("clean", "adv"),
-            defaults={"kl_factor": 1.0},
+            defaults={"kl_factor": 1.0, "w_adv": 0.5},
+            weights_from_hyper=_two_teacher_weights,
             ablation="Baseline+MT",
-            description="ablation: two teachers, constant weights 0.5 / 0.5",
+            description="ablation: two teachers, constant weights w_adv / 1 - w_adv (0.5 / 0.5)",
         ),
         MethodSpec(
             name="mtard",
@@ -216,32 +223,64 @@ def build_weighting(
     hyper: Mapping[str, Any] | None = None,
     weight_lr: float = 0.025,
     beta: float = 1.0,
+    balancer: str = "anl",
+    balancer_kwargs: Mapping[str, Any] | None = None,
     **kw: Any,
-) -> AdaptiveLossBalancer | ConstantWeights:
+) -> LossWeighting:
     """The weighting object of a method.
 
-    ``"anl"`` methods get ``AdaptiveLossBalancer(spec.loss_names, beta=beta,
-    weight_lr=weight_lr, **kw)`` (paper: beta = 1, r_w = 0.025); the others get
-    ``ConstantWeights(spec.loss_names, weights=spec.constant_weights(hyper), **kw)``, where
-    ``hyper`` sets the weights that depend on a method's hyperparameters (TRADES' ``beta``,
-    ARD's ``alpha``). Note that ``beta`` here is ANL's exponent (Eq. 8), not TRADES' beta.
+    ``"anl"`` methods (MTARD) get their balancer: by default ``AdaptiveLossBalancer(
+    spec.loss_names, beta=beta, weight_lr=weight_lr, **kw)`` (paper: beta = 1, r_w = 0.025),
+    or another rule named by ``balancer`` with the hyperparameters ``balancer_kwargs``
+    (:func:`~.balancers.build_balancer`). The others get ``ConstantWeights(spec.loss_names,
+    weights=spec.constant_weights(hyper), **kw)``, where ``hyper`` sets the weights that
+    depend on a method's hyperparameters (TRADES' ``beta``, ARD's ``alpha``, Baseline+MT's
+    ``w_adv``); they take no balancer. Note that ``beta`` here is ANL's exponent (Eq. 8), not
+    TRADES' beta.
 
     Args:
         spec: a :class:`MethodSpec` or its name in :data:`METHODS`.
         hyper: the method's hyperparameters (checked against :attr:`MethodSpec.defaults`).
-        weight_lr: ANL's weight learning rate ``r_w`` (Eq. 9).
+        weight_lr: ANL's weight learning rate ``r_w`` (Eq. 9), FAMO's step size.
         beta: ANL's exponent (Eq. 8).
+        balancer: a name of :data:`~.balancers.BALANCERS` (``"anl"`` methods only).
+        balancer_kwargs: the balancer's hyperparameters (its defaults when not given).
         **kw: further keyword arguments of the weighting class (``history_size``, ...).
 
     Example:
         >>> [round(w, 6) for w in build_weighting("ard", hyper={"alpha": 0.95}).weights.tolist()]
         [0.95, 0.05]
+        >>> type(build_weighting("mtard", balancer="famo")).__name__
+        'FAMO'
     """
     if isinstance(spec, str):
         if spec not in METHODS:
             fail("spec", spec, f"a MethodSpec or one of {sorted(METHODS)}")
         spec = METHODS[spec]
+    check_method_balancer(spec, balancer, balancer_kwargs or {})
     if spec.weighting == "anl":
         spec.resolve_hyper(hyper)
-        return AdaptiveLossBalancer(list(spec.loss_names), beta=beta, weight_lr=weight_lr, **kw)
+        return build_balancer(
+            balancer,
+            spec.loss_names,
+            weight_lr=weight_lr,
+            beta=beta,
+            kwargs=balancer_kwargs,
+            **kw,
+        )
     return ConstantWeights(list(spec.loss_names), weights=spec.constant_weights(hyper), **kw)
+
+
+def check_method_balancer(spec: MethodSpec, balancer: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise a ``ValueError`` unless ``spec`` can be balanced by ``balancer`` with ``kwargs``:
+    a method with constant weights takes the default (``"anl"``, no arguments) only."""
+    if spec.weighting != "anl":
+        if balancer != "anl" or kwargs:
+            fail(
+                "balancer",
+                balancer if balancer != "anl" else dict(kwargs),
+                f"'anl' without balancer_kwargs for method {spec.name!r}, whose weights are "
+                "constant (only MTARD takes a balancer)",
+            )
+        return
+    check_balancer(balancer, kwargs, spec.loss_names)

@@ -33,7 +33,9 @@ and the adversarial teacher on ``x'`` (paper Eq. 3).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -184,10 +186,13 @@ def ard(ctx: MethodContext, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     ``S(x')``, the teacher on the **clean** batch ``T_adv(x)``, and ``S(x)`` (run even when
     ``alpha = 1``, as the official code does).
 
-    Losses: ``"kd"`` = :func:`~.losses.kl_ard` (includes ``T^2``),
+    Losses: ``"kd"`` = :func:`~.losses.kl_ard` (includes ``T^2``) times ``kl_factor``,
     ``"ce"``. Weights ``(alpha, 1 - alpha)``. Defaults: ``temperature = 30``, ``alpha = 1``
     (the official code, CIFAR-10); the ARD paper uses ``temperature = 5``, ``alpha = 0.95`` on
-    CIFAR-100.
+    CIFAR-100. ``kl_factor`` (default 1, the official scale) is the same control as the other
+    distillation methods' (``nn.KLDivLoss()``'s default reduction is a mean over ``B x C``
+    elements, so ``kl_factor = C`` makes it a per-example KL); ``T^2`` already scales ARD's
+    KL up, so the profiles keep it at 1.
     """
     teacher = _require(ctx.adv_teacher, "adv_teacher", "ard")
     temperature = hyper_value(ctx, "temperature", 30.0)
@@ -199,7 +204,9 @@ def ard(ctx: MethodContext, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     logits_adv = student(x_adv)
     teacher_logits = _teacher_logits(teacher, x)
     logits_nat = student(x)
-    return {"kd": kl_ard(logits_adv, teacher_logits, temperature), "ce": ce(logits_nat, y)}
+    factor = hyper_value(ctx, "kl_factor", 1.0)
+    kd = kl_ard(logits_adv, teacher_logits, temperature)
+    return {"kd": kd if factor == 1.0 else factor * kd, "ce": ce(logits_nat, y)}
 
 
 def rslad(ctx: MethodContext, x: Tensor, y: Tensor) -> dict[str, Tensor]:
@@ -282,10 +289,54 @@ def _two_teachers(ctx: MethodContext, x: Tensor, y: Tensor, method: str) -> dict
     student_adv_logits = student(x_adv)
     student_nat_logits = student(x)
     # (5) the official KL (mean over B * C elements, times kl_factor).
+    ctx.replay = functools.partial(
+        _replay_two_teachers, student, x, x_adv, nat_teacher_logits, adv_teacher_logits, factor
+    )
     return {
         "adv": kl_official(student_adv_logits, adv_teacher_logits, factor),
         "nat": kl_official(student_nat_logits, nat_teacher_logits, factor),
     }
+
+
+def _replay_two_teachers(
+    student: nn.Module,
+    x: Tensor,
+    x_adv: Tensor,
+    nat_teacher_logits: Tensor,
+    adv_teacher_logits: Tensor,
+    factor: float,
+) -> dict[str, Tensor]:
+    """Step (4)-(5) of :func:`_two_teachers` again, with the student as it is now: the
+    losses after the optimiser step on the same batch (FAMO's second call). Train mode, as
+    the step (batch statistics), but BatchNorm's running statistics are left alone: this
+    forward is a measurement, not a step of the recipe."""
+    student.train()
+    with _running_statistics_frozen(student):
+        student_adv_logits = student(x_adv)
+        student_nat_logits = student(x)
+    return {
+        "adv": kl_official(student_adv_logits, adv_teacher_logits, factor),
+        "nat": kl_official(student_nat_logits, nat_teacher_logits, factor),
+    }
+
+
+@contextlib.contextmanager
+def _running_statistics_frozen(module: nn.Module) -> Iterator[None]:
+    """Train-mode forwards inside the block normalise by the batch's statistics and leave
+    the running ones (and ``num_batches_tracked``) unchanged: ``track_running_stats`` is
+    switched off for the block, which makes PyTorch's BatchNorm skip the update."""
+    norms = [
+        m
+        for m in module.modules()
+        if getattr(m, "track_running_stats", False) and getattr(m, "running_mean", None) is not None
+    ]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
 
 
 def mtard(ctx: MethodContext, x: Tensor, y: Tensor) -> dict[str, Tensor]:
@@ -307,15 +358,17 @@ def mtard(ctx: MethodContext, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     5. :func:`~.losses.kl_official` with ``factor =
        ctx.hyper["kl_factor"]`` (default 1; 10 in the official CIFAR-100 script).
 
-    Losses: ``"adv"``, ``"nat"``, weighted by an :class:`anl.AdaptiveLossBalancer` (Eq. 6-11).
+    Losses: ``"adv"``, ``"nat"``, weighted by an :class:`anl.AdaptiveLossBalancer` (Eq. 6-11),
+    or by the run's other balancer (:mod:`.balancers`).
     """
     return _two_teachers(ctx, x, y, "mtard")
 
 
 def baseline_mt(ctx: MethodContext, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     """The paper's "Baseline+MT" ablation (Sec. 4.3): :func:`mtard`'s losses, exactly, with
-    constant weights ``w_adv = w_nat = 0.5`` instead of ANL.
+    constant weights instead of ANL: ``w_adv = ctx.hyper["w_adv"]`` and ``w_nat = 1 - w_adv``
+    (the paper's 0.5 / 0.5 by default).
 
-    Losses: ``"adv"``, ``"nat"``. Weights ``(0.5, 0.5)``.
+    Losses: ``"adv"``, ``"nat"``. Weights ``(w_adv, 1 - w_adv)``.
     """
     return _two_teachers(ctx, x, y, "baseline_mt")

@@ -1,6 +1,7 @@
 """The networks of the MTARD reproduction: a registry by name, their checkpoints, the teachers.
 
-This module is the registry (:data:`MODELS`, :func:`build_model`, :func:`model_names`); the
+This module is the registry (:data:`MODELS`, :func:`build_model`, :func:`model_names`,
+:func:`register_model`); the
 architectures live in :mod:`.resnet`, :mod:`.wideresnet`, :mod:`.mobilenetv2` and
 :mod:`.small` (their input normalisation in :mod:`.normalization`). Around them:
 :mod:`.state_dict` (strict loading with readable errors), :mod:`.checkpoint` (this project's
@@ -31,6 +32,21 @@ upstream code of each architecture, so upstream checkpoints load strictly
 | ``wrn70_16`` | CIFAR-100 adversarial teacher | Gowal/RobustBench WRN-70-16, Swish | 266.80 M |
 | ``small_cnn`` | Fashion-MNIST student | 2 conv + BN, 2-layer head | 0.21 M |
 | ``large_cnn`` | Fashion-MNIST teachers | 3 conv + BN, 2-layer head | 1.69 M |
+
+Your own architecture is a *factory* ``f(num_classes, in_channels, **kwargs) -> nn.Module`` whose
+model takes images in ``[0, 1]``. Name it by its import path wherever an architecture is named
+(``build_model("my_nets:tiny_cnn")``, ``TrainConfig(student="my_nets:tiny_cnn")``,
+``anl-mtard train --student my_nets:tiny_cnn``, a profile's ``students`` or a teacher's
+``arch``), or register it under a short name first (:func:`register_model`); checkpoints record
+the name, so an import path also works when the run is resumed or evaluated in another process.
+
+>>> from anl.integrations.mtard.models.small import small_cnn
+>>> register_model("my_cnn", small_cnn)
+>>> build_model("my_cnn", num_classes=5)(torch.rand(1, 1, 28, 28)).shape
+torch.Size([1, 5])
+>>> build_model("anl.integrations.mtard.models.small:small_cnn").num_classes
+10
+>>> del MODELS["my_cnn"]
 """
 
 from __future__ import annotations
@@ -40,29 +56,68 @@ from typing import Any
 
 from torch import nn
 
+from ..checks import fail
+from ..runtime.plugins import Registry
 from .mobilenetv2 import mobilenetv2
 from .resnet import resnet18, resnet56
 from .small import large_cnn, small_cnn
 from .wideresnet import wrn22_6, wrn34_10, wrn70_16
 
+
+def _factory(path: str, found: Any) -> Callable[..., nn.Module]:
+    """The factory an import path names (it must be callable)."""
+    if not callable(found):
+        raise ValueError(
+            f"names a `{type(found).__name__}` object, not a model factory "
+            "f(num_classes, in_channels)."
+        )
+    return found
+
+
 #: Name -> constructor ``f(num_classes, in_channels, **kwargs) -> nn.Module``. The constructor's
 #: own ``in_channels`` default (3 for CIFAR models, 1 for the Fashion-MNIST CNNs) applies when
-#: :func:`build_model` gets ``in_channels=None``.
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": resnet18,
-    "mobilenetv2": mobilenetv2,
-    "resnet56": resnet56,
-    "wrn34_10": wrn34_10,
-    "wrn22_6": wrn22_6,
-    "wrn70_16": wrn70_16,
-    "small_cnn": small_cnn,
-    "large_cnn": large_cnn,
-}
+#: :func:`build_model` gets ``in_channels=None``. An import path ``package.module:factory`` is
+#: an architecture too (:class:`~..runtime.plugins.Registry`); :func:`register_model` adds one.
+MODELS: Registry[Callable[..., nn.Module]] = Registry(
+    "architecture",
+    {
+        "resnet18": resnet18,
+        "mobilenetv2": mobilenetv2,
+        "resnet56": resnet56,
+        "wrn34_10": wrn34_10,
+        "wrn22_6": wrn22_6,
+        "wrn70_16": wrn70_16,
+        "small_cnn": small_cnn,
+        "large_cnn": large_cnn,
+    },
+    adapt=_factory,
+)
 
 
 def model_names() -> list[str]:
-    """The registered architecture names, sorted."""
+    """The registered architecture names, sorted (import paths are accepted besides)."""
     return sorted(MODELS)
+
+
+def register_model(name: str, factory: Callable[..., nn.Module], *, replace: bool = False) -> None:
+    """Register a user architecture under ``name``, for :func:`build_model` and every place that
+    names an architecture (a student, a teacher's ``arch``, ``anl-mtard --student``).
+
+    Args:
+        name: a new name without ``:`` (import paths need no registration).
+        factory: ``factory(num_classes=..., in_channels=..., **kwargs) -> nn.Module``; the
+            model takes images in ``[0, 1]`` (NCHW, float32) and returns logits.
+        replace: replace an architecture registered under ``name``.
+
+    Raises:
+        ValueError: for an invalid or taken name, or a factory that is not callable.
+
+    A registration lives in this process: worker processes (``reproduce --jobs N``) and a later
+    ``anl-mtard`` command do not see it, whereas an import path works everywhere.
+    """
+    if not callable(factory):
+        fail("factory", factory, "a callable f(num_classes, in_channels, **kwargs) -> nn.Module")
+    MODELS.register(name, factory, replace=replace)
 
 
 def build_model(
@@ -71,7 +126,8 @@ def build_model(
     """Build the architecture ``name`` with freshly initialised weights (train mode).
 
     Args:
-        name: One of :func:`model_names`.
+        name: One of :func:`model_names`, or the import path ``package.module:factory`` of a
+            user architecture.
         num_classes: Number of outputs (>= 2).
         in_channels: Channels of the input images; ``None`` for the architecture's default
             (3, or 1 for ``small_cnn``/``large_cnn``).
@@ -87,10 +143,7 @@ def build_model(
     Raises:
         ValueError: for an unknown name or an invalid ``num_classes``/``in_channels``.
     """
-    if name not in MODELS:
-        raise ValueError(
-            f"Parameter `name` should be one of {model_names()}. Found `name = {name!r}`."
-        )
+    factory = MODELS.resolve(name)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
         raise ValueError(
             f"Parameter `num_classes` should be an int >= 2. Found `num_classes = {num_classes!r}`."
@@ -104,4 +157,4 @@ def build_model(
         )
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
-    return MODELS[name](num_classes=num_classes, **kwargs)
+    return factory(num_classes=num_classes, **kwargs)

@@ -2,12 +2,16 @@
 
 Files are written with :func:`~..runtime.files.atomic_save` and read with
 :func:`~..runtime.files.safe_load` (``weights_only=True``: a file that needs unrestricted
-unpickling is refused).
+unpickling is refused). Our model files carry the SHA-256 of their content
+(``content_sha256``, :func:`~..runtime.integrity.content_digest`), verified on load: a damaged or
+modified file raises :class:`~..runtime.integrity.CorruptFileError` naming it. One written
+before hashes loads with a one-time :class:`~..runtime.integrity.UnhashedFileWarning`.
 
 * :func:`save_model_checkpoint` / :func:`load_model` — our model format::
 
       {"format": "anl-mtard-model", "version": 1, "arch": str, "num_classes": int,
-       "in_channels": int, "model_kwargs": dict, "state_dict": dict[str, Tensor], **extra}
+       "in_channels": int, "model_kwargs": dict, "state_dict": dict[str, Tensor], **extra,
+       "content_sha256": str}
 
   ``model_kwargs`` records the input normalisation too, so a model is rebuilt exactly.
 * :func:`load_teacher` — our format, RobustBench's ``<model_dir>/<dataset>/<threat>/<name>.pt``
@@ -30,8 +34,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..runtime.files import PathLike, atomic_save, safe_load
-from . import build_model, model_names
+from ..runtime.files import PathLike, atomic_save, safe_load_verified
+from ..runtime.integrity import DIGEST_KEY, warn_unhashed
+from . import MODELS, build_model, model_names
 from .state_dict import (
     check_state_dict,
     load_state_dict_strict,
@@ -57,6 +62,7 @@ _RESERVED = (
     "in_channels",
     "model_kwargs",
     "state_dict",
+    DIGEST_KEY,
 )
 _MAX_LISTED = 10
 
@@ -116,7 +122,7 @@ def _check_payload(payload: Mapping[str, Any], path: PathLike) -> None:
             f"<= {VERSION}."
         )
     problems = []
-    if payload.get("arch") not in model_names():
+    if payload.get("arch") not in MODELS:
         problems.append(f"arch = {payload.get('arch')!r} (known: {model_names()})")
     for key in ("num_classes", "in_channels"):
         if not isinstance(payload.get(key), int):
@@ -174,7 +180,7 @@ def save_model_checkpoint(
             ``extra`` entries that are reserved or not loadable with ``weights_only=True``.
     """
     model = unwrap_model(model)
-    if arch not in model_names():
+    if arch not in MODELS:
         raise ValueError(
             f"Parameter `arch` should be one of {model_names()}. Found `arch = {arch!r}`."
         )
@@ -236,7 +242,7 @@ def save_model_checkpoint(
         "state_dict": state_dict,
         **extra,
     }
-    atomic_save(checkpoint, path)
+    atomic_save(checkpoint, path, digest=True)
 
 
 def load_model(path: PathLike, map_location: Any = "cpu") -> nn.Module:
@@ -246,11 +252,12 @@ def load_model(path: PathLike, map_location: Any = "cpu") -> nn.Module:
     The model is moved to ``map_location`` when that is a device (string or ``torch.device``).
 
     Raises:
-        FileNotFoundError, ValueError: see :func:`safe_load`; ``ValueError`` also when the file
-            is not in our format (use :func:`load_teacher` for RobustBench/TRADES files) or its
-            weights do not fit the recorded architecture.
+        FileNotFoundError, ValueError: see :func:`safe_load` (a content hash that does not
+            match raises ``CorruptFileError``); ``ValueError`` also when the file is not in our
+            format (use :func:`load_teacher` for RobustBench/TRADES files) or its weights do
+            not fit the recorded architecture.
     """
-    checkpoint = safe_load(path, map_location)
+    checkpoint, hashed = safe_load_verified(path, map_location)
     payload = _anl_payload(checkpoint)
     if payload is None:
         raise ValueError(
@@ -259,6 +266,8 @@ def load_model(path: PathLike, map_location: Any = "cpu") -> nn.Module:
             "load_teacher(path, arch=..., num_classes=...)."
         )
     _check_payload(payload, path)
+    if not hashed:
+        warn_unhashed(path)
     arch, num_classes, in_channels = payload["arch"], payload["num_classes"], payload["in_channels"]
     kwargs = dict(payload["model_kwargs"])
     return _build_and_load(
@@ -355,11 +364,11 @@ def load_teacher(
         raise ValueError(
             f"Parameter `fmt` should be one of {list(TEACHER_FORMATS)}. Found `fmt = {fmt!r}`."
         )
-    if arch not in model_names():
+    if arch not in MODELS:
         raise ValueError(
             f"Parameter `arch` should be one of {model_names()}. Found `arch = {arch!r}`."
         )
-    checkpoint = safe_load(path, map_location)
+    checkpoint, hashed = safe_load_verified(path, map_location)
     payload = _anl_payload(checkpoint)
     if fmt == "anl" or (fmt == "auto" and payload is not None):
         if payload is None:
@@ -368,6 +377,8 @@ def load_teacher(
                 "use fmt='robustbench' or fmt='trades' for a state dict."
             )
         _check_payload(payload, path)
+        if not hashed:
+            warn_unhashed(path)
         for name, wanted in (
             ("arch", arch),
             ("num_classes", num_classes),

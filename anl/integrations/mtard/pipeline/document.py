@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..attacks.registry import ATTACK_NAMES, TRANSFER_ATTACKS, make_attack
-from ..checks import fail
+from ..checks import fail, is_real
 from ..data.registry import DATASETS
 from ..methods.context import TEACHER_ROLES
 from ..methods.registry import METHOD_ORDER, METHODS
@@ -77,6 +77,20 @@ _EVAL_KEYS = {
 
 _CHECKPOINTS = ("best", "final")
 
+# TrainConfig fields of the shared ``train`` entry that only MTARD (a method weighted by a
+# balancer) takes: the other runs, teachers included, leave them at their defaults.
+_BALANCER_FIELDS = ("balancer", "balancer_kwargs")
+
+
+def _shared_train(document: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """The ``train`` entry as it applies to a run of ``method``."""
+    values = dict(document["train"])
+    spec = METHODS.get(method)  # an unknown method is TrainConfig's error to name
+    if spec is not None and spec.weighting != "anl":
+        for name in _BALANCER_FIELDS:
+            values.pop(name, None)
+    return values
+
 
 def needed_teachers(document: Mapping[str, Any]) -> list[str]:
     """Roles of the teachers the document's methods and transfer attacks need."""
@@ -90,7 +104,7 @@ def teacher_config(document: Mapping[str, Any], role: str) -> TrainConfig:
     """The :class:`~..training.config.TrainConfig` of a teacher trained here: the shared
     ``train`` fields, then the teacher's own; its architecture is the run's "student"."""
     spec = document["teachers"][role]
-    values = {**document["train"], **spec["train"]}
+    values = {**_shared_train(document, spec["train"]["method"]), **spec["train"]}
     values.update(
         dataset=document["dataset"],
         student=spec["arch"],
@@ -112,10 +126,10 @@ def student_config(
     teacher_paths: Mapping[str, str],
 ) -> TrainConfig:
     """The :class:`~..training.config.TrainConfig` of one student run: the shared ``train``
-    fields, then ``method_train[method]``; the teachers the method needs are given by path
-    (``teacher_paths[role]``), with their architecture when they are loaded from a foreign
-    checkpoint (``arch=None``: this project's format)."""
-    values = {**document["train"], **document.get("method_train", {}).get(method, {})}
+    fields (the balancer's for MTARD only), then ``method_train[method]``; the teachers the
+    method needs are given by path (``teacher_paths[role]``), with their architecture when
+    they are loaded from a foreign checkpoint (``arch=None``: this project's format)."""
+    values = {**_shared_train(document, method), **document.get("method_train", {}).get(method, {})}
     values.update(
         method=method,
         dataset=document["dataset"],
@@ -154,8 +168,7 @@ def validate(profile: Mapping[str, Any]) -> None:
     threads = profile.get("threads")
     if threads is not None and (isinstance(threads, bool) or threads < 1):
         fail("profile['threads']", threads, "None or an integer >= 1")
-    if profile["dataset"] not in DATASETS:
-        fail("profile['dataset']", profile["dataset"], f"one of {sorted(DATASETS)}")
+    DATASETS.resolve(profile["dataset"], parameter="profile['dataset']")
     seeds = profile["seeds"]
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         fail("profile['seeds']", seeds, "a non-empty list of integers")
@@ -211,8 +224,8 @@ def _validate_evaluation(evaluation: Mapping[str, Any]) -> None:
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         fail("profile['evaluation']['n_examples']", n, "None or an integer >= 1")
     eps = evaluation.get("eps")
-    if eps is not None and (not isinstance(eps, (int, float)) or not eps > 0):
-        fail("profile['evaluation']['eps']", eps, "None or a positive number")
+    if eps is not None and (not is_real(eps) or not 0 < eps <= 1):
+        fail("profile['evaluation']['eps']", eps, "None or a number in (0, 1]")
     overrides = evaluation.get("attack_overrides", {})
     if not isinstance(overrides, dict) or not set(overrides) <= set(attacks):
         fail("profile['evaluation']['attack_overrides']", overrides, "a dict keyed by attacks")

@@ -1,7 +1,8 @@
 """An MTARD experiment profile: what it says and everything that follows from it.
 
-A profile is a JSON document, one of ``configs/`` (``default``, ``full``, ``smoke``,
-``paper-cifar10``, ``paper-cifar100``) or any path; :class:`Profile` holds one, validated
+A profile is a JSON document, one of ``configs/`` (``default``, ``default-kl10``, ``full``,
+``premise``, ``smoke``, ``paper-cifar10``, ``paper-cifar100``) or any path, possibly written
+as changes to another (``"extends"``); :class:`Profile` holds one, validated
 (:func:`~.document.validate`: a ``ValueError`` names the first wrong entry), and answers the questions the pipeline asks of
 it: its runs (:meth:`Profile.runs`), the teachers they need (:meth:`Profile.teacher`), the
 training configuration of every teacher trained here and every student run
@@ -124,18 +125,9 @@ class Profile:
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike[str]) -> Profile:
-        """Read a profile: a packaged name (``"default"``) or the path of a JSON file."""
-        text = str(name_or_path)
-        path = Path(text)
-        if not path.suffix and not path.is_file():  # a folder called `smoke` is no profile
-            path = CONFIG_DIR / f"{text}.json"
-            if not path.exists():
-                fail("profile", text, f"a packaged profile {profile_names()} or a JSON file path")
-        try:
-            document = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"Could not read the profile {str(path)!r}: {exc}") from exc
-        return cls(document)
+        """Read a profile: a packaged name (``"default"``) or the path of a JSON file; a
+        document with ``"extends"`` is resolved against the profile it names."""
+        return cls(_read_document(str(name_or_path), chain=()))
 
     def to_dict(self) -> dict[str, Any]:
         """The profile's JSON document (a copy)."""
@@ -323,3 +315,35 @@ class Profile:
         if n_eval is not None:
             out["evaluation"]["n_examples"] = n_eval
         return Profile(out)
+
+
+def _read_document(text: str, chain: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON document of a packaged name or a file path, its ``extends`` resolved."""
+    path = Path(text)
+    if not path.suffix and not path.is_file():  # a folder called `smoke` is no profile
+        path = CONFIG_DIR / f"{text}.json"
+        if not path.exists():
+            fail("profile", text, f"a packaged profile {profile_names()} or a JSON file path")
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"Could not read the profile {str(path)!r}: {exc}") from exc
+    if not isinstance(document, Mapping) or "extends" not in document:
+        return document
+    # A variant states only what differs: {"extends": "default", ...} is `default` with the
+    # given entries merged in (mappings key by key, anything else replaced).
+    base = document["extends"]
+    if not isinstance(base, str) or base in (*chain, text):
+        fail("profile['extends']", base, "the name or path of another profile, without a cycle")
+    changes = {k: v for k, v in document.items() if k != "extends"}
+    return _merged(_read_document(base, (*chain, text)), changes)
+
+
+def _merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

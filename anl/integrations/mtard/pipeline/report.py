@@ -127,7 +127,7 @@ def write_report(
     figures: list[Path] = []
     if plots:
         with stages.stage("figures"):
-            figures = write_figures(profile, out, agg, teachers)
+            figures = write_figures(profile, out, agg, teachers, student_results)
 
     comparison = compare_with_claims(agg, [*white, *black])
     machine = _machine(profile.device_here())

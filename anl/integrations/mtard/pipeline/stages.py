@@ -10,7 +10,7 @@ Results directory::
     <out>/runs/<student>/<method>/seed<k>/   student run directories (training.trainer.train)
     <out>/eval/*.json, *.md                  one evaluation per teacher and per run
     <out>/white_box.md, black_box.md, ablation.md, teachers.md, results.json, summary.md
-    <out>/figures/*.png
+    <out>/figures/*.png, *.svg
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ agree on that (:func:`~..runtime.process.agree`). The data splits come as
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,19 @@ import torch
 from torch import nn
 
 from ..data.registry import DatasetInfo, ImageData, load_dataset
+from ..evaluation.counting import shard_indices
 from ..evaluation.robustness import evaluate
-from ..evaluation.transfer import craft_transfer, merge_transfer
+from ..evaluation.transfer import craft_transfer, merge_transfer, transfer_problems
 from ..models.checkpoint import load_model
-from ..runtime.files import atomic_save, safe_load
+from ..runtime.files import (
+    atomic_save,
+    read_json,
+    read_json_object,
+    read_json_verified,
+    safe_load,
+    safe_load_verified,
+)
+from ..runtime.integrity import warn_unhashed
 from ..runtime.process import agree, current_ranks
 from ..tables import write_results
 from ..training.config import RESUME_MUTABLE, TEACHER_PATHS, TrainConfig, config_differences
@@ -86,7 +95,7 @@ def run_state(run_dir: Path, config: TrainConfig) -> str:
             + "). Choose another --out, or delete that run directory."
         )
     metrics = run_dir / "metrics.json"
-    finished = metrics.exists() and json.loads(metrics.read_text()).get("finished")
+    finished = metrics.exists() and read_json_object(metrics).get("finished")
     if finished and (run_dir / "final.pt").exists():
         return "done"
     return "partial"
@@ -100,7 +109,7 @@ def train_task(
     state = run_state(run_dir, config) if resume else "new"
     agree(state, f"the state of the run {str(run_dir)!r}", current_ranks())
     if state == "done":
-        return json.loads((run_dir / "metrics.json").read_text()), "skipped (complete)"
+        return read_json_object(run_dir / "metrics.json"), "skipped (complete)"
     metrics = train(
         config, run_dir, resume=state == "partial", progress=progress, train_data=data.load()
     )
@@ -130,19 +139,17 @@ def craft_task(
     progress: bool,
 ) -> tuple[Path, str]:
     """Transfer examples crafted on the adversarial teacher for the settings' transfer
-    attacks (:func:`~..evaluation.transfer.craft_transfer`), saved to ``path`` for the
-    evaluation tasks; a file made for the same teacher checkpoint, attacks and settings is
-    kept. Under ``torchrun`` each rank crafts its shard and rank 0 writes them all."""
+    attacks (:func:`~..evaluation.transfer.craft_transfer`), saved to ``path`` (with its
+    content hash) for the evaluation tasks; a file made for the same teacher checkpoint,
+    attacks and settings is kept if :func:`reusable_transfer` accepts it. Under ``torchrun``
+    each rank crafts its shard and rank 0 writes them all."""
     ranks = current_ranks()
     key = craft_key(adv, settings, settings.transfer)
-    complete = False
-    if path.exists():
-        with contextlib.suppress(ValueError):
-            complete = safe_load(path).get("key") == key
+    test_data = data.load()
+    complete = reusable_transfer(path, key, test_data, settings)
     agree(complete, f"whether {str(path)!r} is complete", ranks)
     if complete:
         return path, "skipped (complete)"
-    test_data = data.load()
     crafted = craft_transfer(
         adv.load(test_data.info, device),
         test_data,
@@ -160,9 +167,51 @@ def craft_task(
     if ranks.enabled:
         crafted = merge_transfer(ranks.gather_objects(crafted))
     if ranks.main:
-        atomic_save({"key": key, "crafted": crafted}, path)
+        atomic_save({"key": key, "crafted": crafted}, path, digest=True)
     ranks.barrier()
     return path, "ran"
+
+
+def reusable_transfer(path: Path, key: str, test_data: ImageData, settings: EvalSettings) -> bool:
+    """Whether the transfer examples of ``path`` can be scored instead of crafted again: made
+    for ``key`` (:func:`craft_key`), and for each transfer attack, one example per evaluated
+    test point, in order, within the eps-ball of its point and in [0, 1]
+    (:func:`~..evaluation.transfer.transfer_problems`).
+
+    A file made for another key is crafted again silently (the settings changed). A file for
+    this key whose examples fail the checks cannot come from this code; since crafting is
+    deterministic (keyed by the dataset index), crafting again gives exactly the examples the
+    evaluation should score, so it is crafted again, with a warning saying what was wrong.
+
+    Raises:
+        CorruptFileError: the file is unreadable, or its content hash does not match (it was
+            damaged or modified after it was written): the user should know, and decide.
+    """
+    if not path.exists():
+        return False
+    saved, hashed = safe_load_verified(path)
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        return False
+    if not hashed:
+        warn_unhashed(path)
+    crafted = saved.get("crafted")
+    indices = shard_indices(len(test_data), settings.n_examples, 0, 1)
+    problems = []
+    for name in settings.transfer:
+        entry = crafted.get(name) if isinstance(crafted, dict) else None
+        if not isinstance(entry, dict):
+            problems.append(f"{name}: no examples")
+            continue
+        found = transfer_problems(entry, test_data, eps=settings.eps, indices=indices, exact=True)
+        problems += [f"{name}: {problem}" for problem in found]
+    if problems:
+        warnings.warn(
+            f"The transfer examples of '{path}' cannot be reused (" + "; ".join(problems) + "): "
+            "crafting them again.",
+            stacklevel=2,
+        )
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,26 +250,32 @@ def checkpoint_key(checkpoint: Path, out: Path) -> str:
 
 def eval_complete(job: EvalJob, settings: EvalSettings, out: Path) -> bool:
     """Whether ``out/eval/<job>.json`` holds an evaluation of the job's checkpoint (not older
-    than it) with its attacks and these settings."""
+    than it) with its attacks and these settings.
+
+    Raises:
+        CorruptFileError: the file is not valid JSON or its content hash does not match (it
+            was damaged or modified after it was written).
+    """
     path = job.path(out)
     if not path.exists() or not job.checkpoint.exists():
         return False
     if path.stat().st_mtime_ns < job.checkpoint.stat().st_mtime_ns:
         return False
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return False
+    saved, hashed = read_json_verified(path)
+    if not hashed:
+        warn_unhashed(path)
     return (
-        list(saved.get("attacks", {})) == list(job.attacks)
+        isinstance(saved, dict)
+        and list(saved.get("attacks", {})) == list(job.attacks)
         and saved.get("checkpoint_key") == checkpoint_key(job.checkpoint, out)
         and saved.get("eval_settings") == settings.to_json()
     )
 
 
 def read_eval_task(path: Path) -> tuple[dict[str, Any], str]:
-    """An evaluation a resumed reproduction found complete, read back."""
-    return json.loads(path.read_text()), "skipped (complete)"
+    """An evaluation a resumed reproduction found complete, read back (its content hash
+    verified when it has one)."""
+    return read_json(path), "skipped (complete)"
 
 
 def eval_task(

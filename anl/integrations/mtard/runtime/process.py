@@ -115,10 +115,44 @@ def resolve_device(device: str = "auto", local_rank: int | None = None) -> torch
     return resolved
 
 
+def require_device(device: torch.device) -> torch.device:
+    """``device`` if this machine has it; else a ``RuntimeError`` that says what is missing.
+
+    A CPU is always there; an accelerator (``cuda``, ``xpu``, ``mps``, ...) must be
+    available to this PyTorch build, and an index must be below its device count.
+
+    Example:
+        >>> require_device(torch.device("cpu"))
+        device(type='cpu')
+    """
+    backend = getattr(torch, device.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if device.type == "cpu" or not callable(is_available):
+        return device
+    if not is_available():
+        built = device.type != "cuda" or torch.backends.cuda.is_built()
+        raise RuntimeError(
+            f"Device '{device}' is not available: "
+            + (
+                f"torch.{device.type}.is_available() is False on this machine"
+                if built
+                else f"this PyTorch ({torch.__version__}) is built without CUDA"
+            )
+            + " (use the device 'cpu' or 'auto')."
+        )
+    count = getattr(backend, "device_count", None)
+    if device.index is not None and callable(count) and device.index >= count():
+        raise RuntimeError(
+            f"Device '{device}' is not available: this machine has {count()} {device.type} "
+            f"device(s), indexed from 0."
+        )
+    return device
+
+
 def process_device(device: str, ranks: Ranks) -> torch.device:
-    """:func:`resolve_device` for this process's ``LOCAL_RANK``; a CUDA device is made the
-    current one (one GPU per process)."""
-    resolved = resolve_device(device, local_rank(ranks))
+    """:func:`resolve_device` for this process's ``LOCAL_RANK``, checked by
+    :func:`require_device`; a CUDA device is made the current one (one GPU per process)."""
+    resolved = require_device(resolve_device(device, local_rank(ranks)))
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
     return resolved

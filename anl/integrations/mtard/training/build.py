@@ -9,6 +9,9 @@ loader reads its shard of the *global* batch ``batch_size``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -152,11 +155,18 @@ def build_context(
 
 
 def build_optimizer(
-    config: TrainConfig, student: nn.Module
+    config: TrainConfig, student: nn.Module, rule_parameters: Sequence[nn.Parameter] = ()
 ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
-    """SGD on the student's parameters and its step schedule (:func:`~.config.milestone_epochs`)."""
+    """SGD on the student's parameters and its step schedule (:func:`~.config.milestone_epochs`).
+
+    ``rule_parameters`` (uncertainty weighting's, IMTL-L's: :func:`~..methods.balancers
+    .rule_parameters`) form a second group with the same learning rate, schedule and momentum
+    and no weight decay."""
+    groups: list[dict[str, Any]] = [{"params": list(student.parameters())}]
+    if rule_parameters:
+        groups.append({"params": list(rule_parameters), "weight_decay": 0.0})
     optimizer = torch.optim.SGD(
-        student.parameters(),
+        groups,
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,

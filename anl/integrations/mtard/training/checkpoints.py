@@ -3,8 +3,10 @@
 ``checkpoints/best.pt`` and ``final.pt`` hold the student in the model format of
 :mod:`..models.checkpoint`, with the epoch, the method, the dataset and the validation metrics
 of the epoch they come from (:func:`save_student`). ``checkpoints/last.pt`` holds everything a
-resumed run needs (format :data:`RUN_CHECKPOINT_FORMAT`), and :func:`read_last` refuses one
-made with another configuration (:func:`~.config.config_differences`).
+resumed run needs (format :data:`RUN_CHECKPOINT_FORMAT`, written by :func:`write_last`), and
+:func:`read_last` refuses one made with another configuration
+(:func:`~.config.config_differences`). Both carry the SHA-256 of their content, verified on
+load (:mod:`..runtime.integrity`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from torch import nn
 
 from ..data.registry import DATASETS
 from ..models.checkpoint import save_model_checkpoint
-from ..runtime.files import safe_load
+from ..runtime.files import atomic_save, safe_load_verified
+from ..runtime.integrity import warn_unhashed
 from .config import TrainConfig, config_differences
 
 RUN_CHECKPOINT_FORMAT = "anl-mtard-run"
@@ -69,14 +72,23 @@ def save_student(
     )
 
 
+def write_last(path: Path, state: Mapping[str, Any]) -> None:
+    """Write the training state ``state`` (format :data:`RUN_CHECKPOINT_FORMAT`) to
+    ``last.pt``, atomically and with its content hash."""
+    atomic_save(state, path, digest=True)
+
+
 def read_last(path: Path, config: TrainConfig) -> dict[str, Any]:
-    """The training state of ``last.pt``, checked to be one and to come from ``config``."""
-    state = safe_load(path, map_location="cpu")
+    """The training state of ``last.pt``, checked to be one, to be intact (its content hash,
+    when it has one: ``CorruptFileError`` otherwise) and to come from ``config``."""
+    state, hashed = safe_load_verified(path, map_location="cpu")
     if not isinstance(state, dict) or state.get("format") != RUN_CHECKPOINT_FORMAT:
         raise ValueError(
             f"Cannot resume: {path} is not a training checkpoint "
             f"(format {state.get('format') if isinstance(state, dict) else None!r})."
         )
+    if not hashed:
+        warn_unhashed(path)
     differences = config_differences(TrainConfig.from_dict(state["config"]), config)
     if differences:
         raise ValueError(

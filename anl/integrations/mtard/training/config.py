@@ -26,8 +26,8 @@ from ..checks import check_float, check_int, fail, is_real
 from ..data.registry import DATASETS
 from ..evaluation.validation import VAL_ATTACKS
 from ..methods.context import TEACHER_ROLES
-from ..methods.registry import METHODS
-from ..models import model_names
+from ..methods.registry import METHODS, check_method_balancer
+from ..models import MODELS
 from ..runtime.execution import MEMORY_FORMATS
 from ..runtime.files import atomic_write_text
 
@@ -64,9 +64,9 @@ class TrainConfig:
         [215, 260, 285]
     """
 
-    method: str = field(metadata=_h("training method, a key of methods.registry.METHODS"))
-    dataset: str = field(metadata=_h("cifar10 | cifar100 | fashion_mnist"))
-    student: str = field(metadata=_h("student architecture (models.model_names())"))
+    method: str = field(metadata=_h("training method"))
+    dataset: str = field(metadata=_h("dataset"))
+    student: str = field(metadata=_h("student architecture"))
     epochs: int = field(metadata=_h("number of training epochs"))
     clean_teacher: str | None = field(default=None, metadata=_h("clean teacher checkpoint"))
     adv_teacher: str | None = field(default=None, metadata=_h("adversarial teacher checkpoint"))
@@ -96,8 +96,8 @@ class TrainConfig:
     memory_format: str = field(
         default="auto",
         metadata=_h(
-            "auto | channels_last | contiguous: layout of the networks and batches "
-            "(auto: channels_last on CPU, measured faster there; contiguous on GPUs)"
+            "layout of the networks and batches (auto: channels_last on CPU, measured faster "
+            "there; contiguous on GPUs)"
         ),
     )
     amp: bool = field(
@@ -120,7 +120,8 @@ class TrainConfig:
         ),
     )
     augment: str | None = field(
-        default=None, metadata=_h("none | crop | crop_flip (default: the dataset's)")
+        default=None,
+        metadata=_h("training augmentation (default: none on Fashion-MNIST, crop_flip otherwise)"),
     )
     batch_size: int = field(default=128, metadata=_h("global batch size"))
     lr: float = field(default=0.1, metadata=_h("initial learning rate"))
@@ -132,15 +133,38 @@ class TrainConfig:
         metadata=_h("lr milestones as fractions of the epochs"),
     )
     lr_gamma: float = field(default=0.1, metadata=_h("lr (and weight_lr) factor at milestones"))
-    weight_lr: float = field(default=0.025, metadata=_h("ANL weight rate r_w (paper Eq. 9-11)"))
+    weight_lr: float = field(
+        default=0.025,
+        metadata=_h("ANL weight rate r_w (paper Eq. 9-11); FAMO's logits step size"),
+    )
     beta: float = field(default=1.0, metadata=_h("ANL exponent beta (paper Eq. 8)"))
-    eps: float | None = field(default=None, metadata=_h("training attack epsilon (e.g. 8/255)"))
-    step_size: float | None = field(default=None, metadata=_h("training attack step size"))
-    attack_steps: int | None = field(default=None, metadata=_h("training attack steps"))
+    balancer: str = field(
+        default="anl",
+        metadata=_h(
+            "MTARD's loss weighting (the paper: anl; methods with constant weights take anl only)"
+        ),
+    )
+    balancer_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_h("JSON dict of the balancer's hyperparameters (default: the rule's own)"),
+    )
+    eps: float | None = field(
+        default=None,
+        metadata=_h(
+            "training attack epsilon in (0, 1], e.g. 8/255 (default: the dataset's, 8/255 on "
+            "CIFAR and 0.1 on Fashion-MNIST)"
+        ),
+    )
+    step_size: float | None = field(
+        default=None, metadata=_h("training attack step size in (0, 1] (default: eps / 4)")
+    )
+    attack_steps: int | None = field(
+        default=None, metadata=_h("training attack steps (default: 10)")
+    )
     hyper: dict[str, Any] = field(
         default_factory=dict, metadata=_h("JSON dict of method hyperparameters")
     )
-    val_attack: str = field(default="pgd_sat", metadata=_h("validation attack: pgd_sat | pgd_cw"))
+    val_attack: str = field(default="pgd_sat", metadata=_h("validation attack"))
     val_attack_steps: int = field(default=10, metadata=_h("validation attack steps"))
     val_batch_size: int | None = field(
         default=None, metadata=_h("validation batch size (default: batch_size)")
@@ -149,7 +173,9 @@ class TrainConfig:
     deterministic: bool = field(
         default=False, metadata=_h("torch.use_deterministic_algorithms during the run")
     )
-    device: str = field(default="auto", metadata=_h("auto | cpu | cuda | cuda:N"))
+    device: str = field(
+        default="auto", metadata=_h("auto (a GPU when there is one), cpu, cuda or cuda:N")
+    )
     sync_bn: bool = field(default=False, metadata=_h("SyncBatchNorm under DDP"))
     log_every: int = field(default=50, metadata=_h("read the step logs back every N steps"))
     tensorboard: bool = field(default=True, metadata=_h("also log to TensorBoard if available"))
@@ -164,15 +190,12 @@ class TrainConfig:
         """Raise ``ValueError`` naming the first invalid field."""
         if self.method not in METHODS:
             fail("method", self.method, f"one of {sorted(METHODS)}")
-        if self.dataset not in DATASETS:
-            fail("dataset", self.dataset, f"one of {sorted(DATASETS)}")
-        names = model_names()
-        if self.student not in names:
-            fail("student", self.student, f"one of {names}")
+        DATASETS.resolve(self.dataset, parameter="dataset")
+        MODELS.resolve(self.student, parameter="student")
         for name in ("clean_teacher_arch", "adv_teacher_arch"):
             value = getattr(self, name)
-            if value is not None and value not in names:
-                fail(name, value, f"None or one of {names}")
+            if value is not None:
+                MODELS.resolve(value, parameter=name)
         for name in ("clean_teacher", "adv_teacher", "data_dir"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) and value):
@@ -183,11 +206,18 @@ class TrainConfig:
                 fail(
                     f"{role}_teacher", None, f"a checkpoint path (method {self.method!r} needs one)"
                 )
-        for name in ("clean_teacher_kwargs", "adv_teacher_kwargs", "student_kwargs", "hyper"):
+        for name in (
+            "clean_teacher_kwargs",
+            "adv_teacher_kwargs",
+            "student_kwargs",
+            "hyper",
+            "balancer_kwargs",
+        ):
             value = getattr(self, name)
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 fail(name, value, "a dict with string keys")
         spec.resolve_hyper(self.hyper)  # unknown keys and bad values raise ValueError
+        check_method_balancer(spec, self.balancer, self.balancer_kwargs)
         for name in (
             "fold_bn",
             "fold_attack_bn",
@@ -220,9 +250,9 @@ class TrainConfig:
         check_float("lr_gamma", self.lr_gamma, "a float in (0, 1]", lambda v: 0 < v <= 1)
         check_float("weight_lr", self.weight_lr, "a float in (0, 1]", lambda v: 0 < v <= 1)
         check_float("beta", self.beta, "a finite float >= 0", lambda v: v >= 0)
-        for name in ("eps", "step_size"):
+        for name in ("eps", "step_size"):  # images are in [0, 1]: a budget above 1 is no budget
             if getattr(self, name) is not None:
-                check_float(name, getattr(self, name), "None or a positive float", lambda v: v > 0)
+                check_float(name, getattr(self, name), "None or a float in (0, 1]", _in_unit)
         if self.nesterov and self.momentum == 0:
             fail("momentum", self.momentum, "> 0 when `nesterov = True`")
         if not isinstance(self.milestones, tuple) or not all(
@@ -302,6 +332,10 @@ class TrainConfig:
         if self.augment is None:
             return None if self.dataset == "fashion_mnist" else "crop_flip"
         return None if self.augment == "none" else self.augment
+
+
+def _in_unit(value: float) -> bool:
+    return 0 < value <= 1
 
 
 def milestone_epochs(config: TrainConfig) -> list[int]:

@@ -48,14 +48,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from anl import AdaptiveLossBalancer
+from anl.distributed import mean_across_ranks
 
 from ..checks import check_int, fail
 from ..data.registry import DATASETS, ImageData
 from ..evaluation.validation import validate
+from ..methods.balancers import decay_rate, has_second_call, rate_of, rule_parameters
 from ..methods.registry import METHODS, build_weighting
 from ..runtime.execution import deterministic_algorithms, resolve_memory_format
-from ..runtime.files import atomic_save, atomic_write_text, json_finite
+from ..runtime.files import atomic_write_text, json_finite
 from ..runtime.optional import progress_bar, progress_write
 from ..runtime.process import (
     agree,
@@ -72,6 +73,7 @@ from .checkpoints import (
     run_paths,
     save_student,
     set_rng_state,
+    write_last,
 )
 from .config import TrainConfig, milestone_epochs
 from .logs import RunLogs, StepRows, last_row, step_columns
@@ -169,11 +171,21 @@ class Trainer:
         self.ctx = build_context(config, self.student, self.model, **placement)
         self.eps = self.ctx.eps
         self.weighting = build_weighting(
-            self.spec, hyper=config.hyper, weight_lr=config.weight_lr, beta=config.beta
+            self.spec,
+            hyper=config.hyper,
+            weight_lr=config.weight_lr,
+            beta=config.beta,
+            balancer=config.balancer,
+            balancer_kwargs=config.balancer_kwargs,
         )
-        self.adaptive = isinstance(self.weighting, AdaptiveLossBalancer)
+        # A rule with parameters trains with the student (methods.balancers); FAMO is
+        # called again after each optimiser step.
+        if rule_parameters(self.weighting):
+            self.weighting.to(self.device)  # type: ignore[attr-defined]
+        self.rule_parameters = rule_parameters(self.weighting)
+        self.second_call = has_second_call(self.weighting)
         self.names = list(self.weighting.names)
-        self.optimizer, self.scheduler = build_optimizer(config, self.student)
+        self.optimizer, self.scheduler = build_optimizer(config, self.student, self.rule_parameters)
         self.milestones = milestone_epochs(config)
         self.start_epoch = 0
         self.global_step = 0
@@ -242,7 +254,8 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         start = time.perf_counter()
         lr = float(self.optimizer.param_groups[0]["lr"])
-        weight_lr = float(self.weighting.weight_lr) if self.adaptive else float("nan")
+        rate = rate_of(self.weighting)
+        weight_lr = rate if rate is not None else float("nan")
         means = self._train_steps(epoch, lr)
         # Under DDP each rank's BatchNorm statistics took their own last update: make every
         # replica rank 0's again before it is validated and saved.
@@ -291,7 +304,17 @@ class Trainer:
                 total = self.weighting.step(losses)
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
+                if self.ranks.enabled:
+                    for p in self.rule_parameters:  # as DDP averages the student's
+                        if p.grad is not None:
+                            p.grad.copy_(mean_across_ranks(p.grad))
                 self.optimizer.step()
+                if self.second_call:  # FAMO: the losses after the step, same batch
+                    with (
+                        torch.no_grad(),
+                        torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.amp),
+                    ):
+                        self.weighting.update(self.ctx.replay())  # type: ignore[attr-defined, misc]
                 block.append(losses, total)
                 self.global_step += 1
                 if len(block) >= config.log_every:
@@ -344,12 +367,12 @@ class Trainer:
         )
 
     def _step_schedule(self, completed: int) -> None:
-        """The lr schedule's epoch step; ANL's rate decays at the same milestones."""
+        """The lr schedule's epoch step; the balancer's rate (ANL's r_w, FAMO's step size)
+        decays at the same milestones."""
         self.scheduler.step()
-        if self.adaptive:
-            decays = self.milestones.count(completed)
-            if decays:
-                self.weighting.weight_lr = self.weighting.weight_lr * self.config.lr_gamma**decays
+        decays = self.milestones.count(completed)
+        if decays:
+            decay_rate(self.weighting, self.config.lr_gamma**decays)
 
     def _track_best(self, completed: int, wrobust: float) -> bool:
         """Whether this epoch is the new best (by validation W-Robust; without validation,
@@ -395,7 +418,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "weighting": self.weighting.state_dict(),
-            "weight_lr": float(self.weighting.weight_lr) if self.adaptive else None,
+            "weight_lr": rate_of(self.weighting),
             "rng": rng,
             "world_size": self.ranks.world_size,
             "best_metric": self.best_metric,
@@ -403,7 +426,7 @@ class Trainer:
             "time_s": self.time_s,
             "config": self.config.to_dict(),
         }
-        atomic_save(state, self.paths["last"])
+        write_last(self.paths["last"], state)
 
     def _load_last(self) -> None:
         state = read_last(self.paths["last"], self.config)
@@ -411,8 +434,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.weighting.load_state_dict(state["weighting"])
-        if self.adaptive and state["weight_lr"] is not None:
-            self.weighting.weight_lr = state["weight_lr"]
+        if state["weight_lr"] is not None and rate_of(self.weighting) is not None:
+            self.weighting.weight_lr = state["weight_lr"]  # type: ignore[attr-defined]
         self.start_epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.best_metric = state["best_metric"]
