@@ -368,6 +368,19 @@ def test_constant_weights_average_their_reference(world, path):
 
 
 @pytest.mark.parametrize("path", ["host", "device"])
+def test_constant_weights_with_distributed_false_keep_each_ranks_reference(world, path):
+    def rank_fn(rank):
+        weighting = ConstantWeights(3, weights=[1.0, 2.0, 3.0], distributed=False)
+        weighting.supports_host = path == "host"
+        weighting.step([torch.tensor(v, dtype=torch.float64) for v in (RANK0, RANK1)[rank][0]])
+        return weighting.initial_losses.tolist()
+
+    fake = world(2)
+    assert fake.run(rank_fn) == [list(RANK0[0]), list(RANK1[0])]
+    assert fake.calls == 0  # no collective at all
+
+
+@pytest.mark.parametrize("path", ["host", "device"])
 def test_famo_averages_the_losses_of_both_calls(world, path):
     def famo_logits(rank_rows_fn, distributed):
         def rank_fn(rank):
