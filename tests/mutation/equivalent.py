@@ -48,6 +48,23 @@ GENERIC: list[tuple[Rule, str]] = [
     ),
 ]
 
+_CPU_DEVICE = (
+    "CPU only: the device a ring is allocated on is the rows' device; on the CPU, the default "
+    "device is that device. On CUDA, a ring on the host would make `index_copy_` fail "
+    "(tests/test_compile.py's CUDA-graph test, skipped without CUDA, appends on the device)."
+)
+_CPU_HOST_COPY = (
+    "CPU only: the rows are copied to the host before `.numpy()`; a CPU tensor is already "
+    "there. On CUDA `.numpy()` would raise (tests/test_compile.py's CUDA test reads the "
+    "history back)."
+)
+_STATE_DTYPE_ROWS = (
+    "The ring holds the state's dtype (float32 or float64); the float32 rows reach the "
+    "float64 matrix by the concatenation with the (float64) older rows, exactly as by the "
+    "cast, and `_from_ring` reads them as Python floats either way."
+)
+_FLOAT_OF_EACH = "Each element goes through `float()`: the array's dtype does not matter."
+
 EQUIVALENT: dict[str, dict[str, str]] = {
     "anl.distributed.device_mean_across_ranks": {
         "means = sums / torch.where(counts >= 0, counts, torch.ones_like(counts))": (
@@ -77,5 +94,40 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         ),
         "dist.all_reduce(on_device, group=group)": "`op` defaults to `ReduceOp.SUM`.",
         "dist.all_reduce(reduced, group=group)": "`op` defaults to `ReduceOp.SUM`.",
+    },
+    "anl.balancer.AdaptiveLossBalancer._check_hyperparameter": {
+        "return super()._check_hyperparameter(name, None)": (
+            "The base class raises for every name it is given, whatever the value."
+        ),
+    },
+    "anl.history.StepHistory._ring_rows": {
+        "ring = self._ring.to(None, torch.float64).numpy()": _CPU_HOST_COPY,
+        "ring = self._ring.to(torch.float64).numpy()": _CPU_HOST_COPY,
+        'ring = self._ring.to("cpu", None).numpy()': _STATE_DTYPE_ROWS,
+        'ring = self._ring.to("cpu", ).numpy()': _STATE_DTYPE_ROWS,
+        "if written < self.max_rows:": (
+            "When exactly `max_rows` rows were written, the rotation starts at 0: "
+            "`ring[0:] + ring[:0]` is the whole ring, as `ring[:written]` is."
+        ),
+    },
+    "anl.history.StepHistory._to_ring": {
+        "self._ring = torch.zeros((self.max_rows, self.width), dtype=self.dtype, device=None)": (
+            _CPU_DEVICE
+        ),
+        "self._ring = torch.zeros((self.max_rows, self.width), dtype=self.dtype, )": _CPU_DEVICE,
+        "self._written = torch.zeros((), dtype=torch.int64, device=None)": _CPU_DEVICE,
+        "self._written = torch.zeros((), dtype=torch.int64, )": _CPU_DEVICE,
+    },
+    "anl.history.StepHistory.matrix": {
+        "device_rows = iter(torch.stack(tensors).to(None, torch.float64).numpy())": (
+            _CPU_HOST_COPY
+        ),
+        "device_rows = iter(torch.stack(tensors).to(torch.float64).numpy())": _CPU_HOST_COPY,
+    },
+    "anl.history.StepHistory.replace": {
+        "rows = [tuple(float(x) for x in row) for row in np.asarray(matrix, dtype=None)]": (
+            _FLOAT_OF_EACH
+        ),
+        "rows = [tuple(float(x) for x in row) for row in np.asarray(matrix, )]": _FLOAT_OF_EACH,
     },
 }
