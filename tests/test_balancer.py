@@ -475,6 +475,20 @@ def test_history_is_float64_whatever_the_state_dtype(path, history_size):
     assert h["losses"].tolist() == [list(r) for r in rows[-keep:]]
 
 
+@pytest.mark.parametrize("path", ["host", "device"])
+def test_history_size_zero_and_one(path):
+    """history_size=0 keeps no row (the device path allocates no ring); 1 keeps the newest."""
+    for size, kept in ((0, []), (1, [[1.0, 1.5]])):
+        balancer = AdaptiveLossBalancer(2, history_size=size)
+        balancer.supports_host = path == "host"
+        for row in ([1.0, 2.0], [1.0, 1.5]):
+            balancer.step([torch.tensor(v, dtype=torch.float64) for v in row])
+        h = balancer.history()
+        assert h["weights"].shape == (len(kept), 2)
+        assert h["losses"].tolist() == kept
+        assert h["step"].tolist() == ([1] if kept else [])
+
+
 def test_history_size_zero_and_default():
     none = AdaptiveLossBalancer(2, history_size=0)
     none.step([1.0, 2.0])
@@ -567,19 +581,25 @@ def test_hyperparameters_are_settable_and_checked():
     assert repr(balancer) == "AdaptiveLossBalancer(['0', '1'], beta=2.0, weight_lr=0.0025)"
 
 
-def test_history_keeps_order_across_host_and_device_steps():
-    balancer = AdaptiveLossBalancer(2, weight_lr=0.5, history_size=4)
+@pytest.mark.parametrize("history_size", [4, None])
+def test_history_keeps_order_across_host_and_device_steps(history_size):
+    """Host and device rows interleave in call order, in the bounded ring and in the
+    unbounded list alike, each row with its own values."""
+    balancer = AdaptiveLossBalancer(2, weight_lr=0.5, history_size=history_size)
     rows = [(2.0, 4.0), (1.0, 4.0), (1.0, 2.0), (0.5, 2.0), (0.5, 1.0)]
     for k, row in enumerate(rows):
         balancer.supports_host = k not in (1, 2)  # host, device, device, host, host
         balancer.step([torch.tensor(v, dtype=torch.float64) for v in row])
     h = balancer.history()
-    assert h["step"].tolist() == [1, 2, 3, 4]
-    np.testing.assert_array_equal(h["losses"], rows[1:])
+    first = 1 if history_size == 4 else 0
+    assert h["step"].tolist() == list(range(first, 5))
+    np.testing.assert_array_equal(h["losses"], rows[first:])
     reference = AdaptiveLossBalancer(2, weight_lr=0.5)
     for row in rows:
         reference.step(list(row))
-    np.testing.assert_allclose(h["weights"], reference.history()["weights"][1:], rtol=1e-14)
+    np.testing.assert_allclose(h["weights"], reference.history()["weights"][first:], rtol=1e-14)
+    if history_size is None:
+        return
     balancer.supports_host = False
     for _ in range(6):  # the ring wraps around
         balancer.step([torch.tensor(0.25, dtype=torch.float64), torch.tensor(1.0)])

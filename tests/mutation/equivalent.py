@@ -63,6 +63,10 @@ _STATE_DTYPE_ROWS = (
     "float64 matrix by the concatenation with the (float64) older rows, exactly as by the "
     "cast, and `_from_ring` reads them as Python floats either way."
 )
+_HOST_ROWS_ARE_FLOATS = (
+    "Host rows are tuples of Python floats (a host step's values, `_from_ring`'s `tolist()`, "
+    "`replace`'s `float()`): NumPy makes them float64 unasked."
+)
 _FLOAT_OF_EACH = "Each element goes through `float()`: the array's dtype does not matter."
 
 EQUIVALENT: dict[str, dict[str, str]] = {
@@ -123,6 +127,8 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             _CPU_HOST_COPY
         ),
         "device_rows = iter(torch.stack(tensors).to(torch.float64).numpy())": _CPU_HOST_COPY,
+        "older = np.asarray(self._rows, dtype=None)": _HOST_ROWS_ARE_FLOATS,
+        "older = np.asarray(self._rows, )": _HOST_ROWS_ARE_FLOATS,
     },
     "anl.history.StepHistory.replace": {
         "rows = [tuple(float(x) for x in row) for row in np.asarray(matrix, dtype=None)]": (
