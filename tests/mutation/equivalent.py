@@ -114,6 +114,7 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "`ring[0:] + ring[:0]` is the whole ring, as `ring[:written]` is."
         ),
     },
+    "anl.history.StepHistory.append": {"self._to_ring(None)": _CPU_DEVICE},
     "anl.history.StepHistory._to_ring": {
         "self._ring = torch.zeros((self.max_rows, self.width), dtype=self.dtype, device=None)": (
             _CPU_DEVICE
