@@ -50,13 +50,14 @@ GENERIC: list[tuple[Rule, str]] = [
 
 _CPU_DEVICE = (
     "CPU only: the device a ring is allocated on is the rows' device; on the CPU, the default "
-    "device is that device. On CUDA, a ring on the host would make `index_copy_` fail "
-    "(tests/test_compile.py's CUDA-graph test, skipped without CUDA, appends on the device)."
+    "device is that device. On CUDA, a ring on the host makes `index_copy_` fail "
+    "(tests/test_compile.py::test_history_on_cuda_reads_back_what_the_cpu_records, skipped "
+    "without CUDA)."
 )
 _CPU_HOST_COPY = (
     "CPU only: the rows are copied to the host before `.numpy()`; a CPU tensor is already "
-    "there. On CUDA `.numpy()` would raise (tests/test_compile.py's CUDA test reads the "
-    "history back)."
+    "there. On CUDA `.numpy()` raises (tests/test_compile.py::"
+    "test_history_on_cuda_reads_back_what_the_cpu_records, skipped without CUDA)."
 )
 _STATE_DTYPE_ROWS = (
     "The ring holds the state's dtype (float32 or float64); the float32 rows reach the "
