@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 import sys
 
 import pytest
@@ -22,6 +23,7 @@ from anl.integrations.mtard.attacks.registry import (
     DEFAULT_ATTACKS,
     TEACHERS_TABLE_ATTACKS,
     WHITE_BOX,
+    Attack,
     attack_title,
     make_attack,
     protocol,
@@ -568,6 +570,62 @@ def test_registry_errors() -> None:
         make_attack("pgd_sat", n_queries=10)
     with pytest.raises(ValueError, match="`surrogate`"):
         make_attack("transfer_pgd")
+
+
+def test_protocol_refuses_a_negative_budget_by_name() -> None:
+    with pytest.raises(ValueError, match=re.escape("Parameter `eps` should be")):
+        protocol(-0.1)
+    assert protocol(0.0)["fgsm"]["eps"] == 0.0
+
+
+def test_registry_passes_model_batch_settings_seed_ids_and_progress_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """FGSM and Square as the registry runs them: the model and batch, their protocol settings
+    (with overrides), and for Square the attack seed, the per-image ids and the progress flag;
+    the same images as the direct calls."""
+    from anl.integrations.mtard.attacks import registry
+
+    calls: dict[str, tuple] = {}
+
+    def spy(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(registry, "square", spy("square", registry.square))
+    monkeypatch.setattr(registry, "fgsm", spy("fgsm", registry.fgsm))
+    model = mlp().eval()
+    x, y = batch(4)
+    seeds = torch.tensor([7, 3, 9, 1])
+    out = make_attack("square", eps=0.05, seed=3, progress=True, n_queries=4)(
+        model, x, y, seeds=seeds
+    )
+    args, kwargs = calls["square"]
+    assert args[0] is model and args[1] is x and args[2] is y
+    assert kwargs.pop("seed") == 3 and kwargs.pop("progress") is True
+    assert torch.equal(kwargs.pop("sample_seeds"), seeds)
+    assert kwargs == {"eps": 0.05, "n_queries": 4, "p_init": 0.8}
+    direct = square(model, x, y, eps=0.05, n_queries=4, p_init=0.8, seed=3, sample_seeds=seeds)
+    assert torch.equal(out, direct)
+    out = make_attack("fgsm", eps=0.05)(model, x, y)
+    args, kwargs = calls["fgsm"]
+    assert args[0] is model and args[1] is x and args[2] is y and kwargs == {"eps": 0.05}
+    assert torch.equal(out, fgsm(model, x, y, eps=0.05))
+
+
+def test_a_transfer_attack_needs_a_surrogate_other_than_its_target() -> None:
+    """An Attack built without make_attack still refuses to run without a surrogate, and a
+    transfer attack on its own surrogate (a white-box attack) is refused."""
+    model = mlp().eval()
+    x, y = batch(4)
+    message = "Parameter `surrogate` should be a model for attack 'transfer_pgd'. Found `surrogate = None`."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Attack("transfer_pgd", protocol(0.05)["transfer_pgd"])(model, x, y)
+    with pytest.raises(ValueError, match="`surrogate` should be a different model from `target`"):
+        make_attack("transfer_pgd", eps=0.05, surrogate=model, steps=1)(model, x, y)
 
 
 def test_registry_attacks_are_batch_invariant_with_seeds() -> None:
