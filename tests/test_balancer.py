@@ -613,6 +613,8 @@ def test_an_unknown_hyperparameter_is_a_value_error_naming_it():
     class WithGamma(AdaptiveLossBalancer):
         gamma = Hyperparameter("a hyperparameter no rule checks")
 
+    assert WithGamma.gamma.__doc__ == "a hyperparameter no rule checks"  # the API docs' text
+    assert AdaptiveLossBalancer.beta.__doc__ == r":math:`\beta`, the exponent of Eq. 8."
     balancer = WithGamma(2)
     with pytest.raises(ValueError, match="WithGamma has no hyperparameter `gamma`"):
         balancer.gamma = 1.0
