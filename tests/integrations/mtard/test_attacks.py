@@ -572,6 +572,50 @@ def test_registry_errors() -> None:
         make_attack("transfer_pgd")
 
 
+def test_protocol_settings_are_the_official_ones_exactly() -> None:
+    """Every setting of the white-box protocols, as the official evaluation code has it: the
+    random start U(-eps, eps) is not clamped to the image box before the first step (the
+    official code adds the noise and clamps after each step), TRADES' PGD takes 20 steps, and
+    AutoAttack runs its standard version in batches of 500."""
+    eps = 8 / 255
+    cifar = protocol()
+    start = {"random_start": "uniform", "clamp_start": False}
+    assert cifar["pgd_sat"] == {
+        "eps": eps,
+        "steps": 20,
+        "step_size": 2 / 255,
+        "loss": "ce",
+        **start,
+    }
+    assert cifar["pgd_trades"] == {
+        "eps": eps,
+        "steps": 20,
+        "step_size": 0.003,
+        "loss": "ce",
+        **start,
+    }
+    cw = {"eps": eps, "steps": 30, "step_size": 2 / 255, "loss": "cw", "confidence": 50.0, **start}
+    assert cifar["cw_inf"] == cw
+    assert cifar["transfer_pgd"] == cifar["pgd_trades"] and cifar["transfer_cw"] == cw
+    assert cifar["autoattack"] == {"eps": eps, "version": "standard", "batch_size": 500}
+
+
+def test_registry_runs_autoattack_with_the_attack_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from anl.integrations.mtard.attacks import registry
+
+    seen: list[dict] = []
+
+    def fake(model, x, y, **kwargs):
+        seen.append(kwargs)
+        return x
+
+    monkeypatch.setattr(registry, "autoattack", fake)
+    model = mlp().eval()
+    x, y = batch(2)
+    make_attack("autoattack", eps=0.05, seed=7)(model, x, y)
+    assert seen == [{"seed": 7, "eps": 0.05, "version": "standard", "batch_size": 500}]
+
+
 def test_protocol_refuses_a_negative_budget_by_name() -> None:
     with pytest.raises(ValueError, match=re.escape("Parameter `eps` should be")):
         protocol(-0.1)
