@@ -80,6 +80,7 @@ def test_no_graph_break_in_famo_update(absent):
     torch.manual_seed(0)
     model, famo = torch.nn.Linear(4, 3), FAMO(NAMES)
     famo.step([1.0, 2.0, 3.0])
+    famo.update([0.9, 1.9, 2.9])
     x = torch.randn(8, 4)
     famo.step({k: v.detach() for k, v in _losses(model, x, absent).items() if v is not None})
 
