@@ -6,7 +6,7 @@ Every subcommand is defined here, so that no library module imports :mod:`argpar
 and the function that turns them into a call of the library
 (:func:`~.training.trainer.train`, :func:`~.evaluation.robustness.evaluate`,
 :func:`~.pipeline.reproduce.reproduce`, :func:`~.plots.plot_run`,
-:func:`~.pipeline.diagnostics.write_diagnostics`,
+:func:`~.pipeline.report.refresh_diagnostics`,
 :func:`~.pipeline.sensitivity.sensitivity`). Under ``torchrun`` every rank runs the command
 and rank 0 prints. ``python -m anl.integrations.mtard`` is the same command.
 
@@ -53,9 +53,9 @@ from .methods.balancers import BALANCER_NAMES
 from .methods.registry import METHOD_ORDER
 from .models import MODELS, model_names
 from .models.checkpoint import load_model, load_teacher
-from .pipeline.diagnostics import write_diagnostics
 from .pipeline.figures import write_figures
 from .pipeline.profile import Profile, profile_names
+from .pipeline.report import refresh_diagnostics
 from .pipeline.reproduce import reproduce
 from .plots import plot_run
 from .runtime.execution import MEMORY_FORMATS
@@ -955,8 +955,9 @@ def add_diagnose_command(subparsers: argparse._SubParsersAction) -> None:
             "Recompute, from a results directory's results.json (its stored evaluations and "
             "epoch curves) without retraining anything, the paper's premise measured there "
             "(teacher and RSLAD robustness against SAT's, the clean teacher's margin) and "
-            "whether each run's validation robust accuracy had flattened, and write them to "
-            "DIR/diagnostics.md."
+            "whether each run's validation robust accuracy had flattened; write them to "
+            "DIR/diagnostics.md, add them to teachers.md and summary.md where an earlier "
+            "version left them out, and judge summary.md's claims again in their light."
         ),
     )
     parser.add_argument(
@@ -970,7 +971,7 @@ def add_diagnose_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_diagnose_command(args: argparse.Namespace) -> int:
-    """Run ``anl-mtard diagnose``; prints the file written and its contents."""
+    """Run ``anl-mtard diagnose``; prints ``diagnostics.md`` and the files written."""
     directory = directory_argument(args.directory, "DIR")
     assert directory is not None
     if not (directory / "results.json").is_file():
@@ -978,8 +979,10 @@ def run_diagnose_command(args: argparse.Namespace) -> int:
             f"argument DIR: expected a results directory (anl-mtard reproduce --out, with "
             f"results.json), found '{directory}'"
         )
-    written = write_diagnostics(directory)
-    print(written.read_text())
+    written = refresh_diagnostics(directory)
+    print(written[0].read_text())
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 
