@@ -1,12 +1,12 @@
-"""The ``anl-mtard`` command: ``train``, ``evaluate``, ``reproduce``, ``plot``, ``diagnose``
-and ``sensitivity``.
+"""The ``anl-mtard`` command: ``train``, ``evaluate``, ``reproduce``, ``plot``, ``diagnose``,
+``compare`` and ``sensitivity``.
 
 Every subcommand is defined here, so that no library module imports :mod:`argparse`: one
 ``add_<name>_command`` function per subcommand, listed in :data:`SUBCOMMANDS`, adds its flags
 and the function that turns them into a call of the library
 (:func:`~.training.trainer.train`, :func:`~.evaluation.robustness.evaluate`,
 :func:`~.pipeline.reproduce.reproduce`, :func:`~.plots.plot_run`,
-:func:`~.pipeline.report.refresh_diagnostics`,
+:func:`~.pipeline.report.refresh_diagnostics`, :func:`~.pipeline.compare.write_comparison`,
 :func:`~.pipeline.sensitivity.sensitivity`). Under ``torchrun`` every rank runs the command
 and rank 0 prints. ``python -m anl.integrations.mtard`` is the same command.
 
@@ -53,6 +53,7 @@ from .methods.balancers import BALANCER_NAMES
 from .methods.registry import METHOD_ORDER
 from .models import MODELS, model_names
 from .models.checkpoint import load_model, load_teacher
+from .pipeline.compare import write_comparison
 from .pipeline.figures import write_figures
 from .pipeline.profile import Profile, profile_names
 from .pipeline.report import refresh_diagnostics
@@ -987,6 +988,61 @@ def run_diagnose_command(args: argparse.Namespace) -> int:
 
 
 # ==============================================================================================
+# anl-mtard compare
+# ==============================================================================================
+def add_compare_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``compare``: two finished reproductions side by side."""
+    parser = subparsers.add_parser(
+        "compare",
+        help="two results directories side by side (e.g. default and default-kl10)",
+        description=(
+            "Write a Markdown table of every student and method present in both results "
+            "directories: clean accuracy, robust accuracy under --attack and W-Robust of each "
+            "(mean +- std over seeds) and their difference B - A, then both premise tables. "
+            "Reads only their results.json."
+        ),
+    )
+    parser.add_argument("dir_a", type=Path, metavar="DIR_A", help="results directory A")
+    parser.add_argument("dir_b", type=Path, metavar="DIR_B", help="results directory B")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="the Markdown file to write"
+    )
+    parser.add_argument(
+        "--labels",
+        nargs=2,
+        default=None,
+        metavar=("A", "B"),
+        help="names of the two in the table (default: the directories' names)",
+    )
+    parser.add_argument(
+        "--attack",
+        choices=ATTACK_NAMES,
+        default="pgd_trades",
+        metavar="ATTACK",
+        help=f"the attack of the robust columns: {names_text(ATTACK_NAMES)} (default: pgd_trades)",
+    )
+    add_debug_flag(parser)
+    parser.set_defaults(func=run_compare_command, prog=parser.prog)
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    """Run ``anl-mtard compare``; prints the table written."""
+    for flag, directory in (("DIR_A", args.dir_a), ("DIR_B", args.dir_b)):
+        directory_argument(directory, flag)
+        if not (directory / "results.json").is_file():
+            raise ArgumentError(
+                f"argument {flag}: expected a results directory (anl-mtard reproduce --out, "
+                f"with results.json), found '{directory}'"
+            )
+    file_argument(args.out, "--out")
+    written = write_comparison(
+        args.dir_a, args.dir_b, args.out, labels=args.labels, attack=args.attack
+    )
+    print(written.read_text())
+    return 0
+
+
+# ==============================================================================================
 # anl-mtard sensitivity
 # ==============================================================================================
 def add_sensitivity_command(subparsers: argparse._SubParsersAction) -> None:
@@ -1115,6 +1171,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_reproduce_command,
     add_plot_command,
     add_diagnose_command,
+    add_compare_command,
     add_sensitivity_command,
 )
 """The subcommands, in the order ``--help`` lists them: each adds its parser and sets ``func``

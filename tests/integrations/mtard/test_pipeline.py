@@ -273,6 +273,35 @@ def test_diagnose_brings_an_earlier_report_up_to_date_and_is_idempotent(smoke, t
     assert {p.name: p.read_text() for p in copy.iterdir()} == before
 
 
+def test_compare_puts_two_reproductions_side_by_side(smoke, tmp_path, capsys):
+    """`anl-mtard compare A B`: per method, A's and B's mean ± std and B − A in points."""
+    results = json.loads((smoke / "results.json").read_text())
+    shifted = json.loads(json.dumps(results))
+    mtard = shifted["aggregate"]["small_cnn"]["mtard"]
+    mtard["clean"]["mean"] += 0.0125
+    mtard["attacks"]["pgd_trades"]["robust"]["mean"] -= 0.02
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "results.json").write_text(json.dumps(results))
+    (tmp_path / "b" / "results.json").write_text(json.dumps(shifted))
+    out = tmp_path / "side.md"
+    argv = ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]
+    assert cli.main([*argv, "--labels", "kl1", "kl10"]) == 0
+    text = out.read_text()
+    assert text.startswith("# `kl1` and `kl10` side by side")
+    rows = {
+        line.split(" | ")[1]: line.split(" | ")
+        for line in text.splitlines()
+        if line.startswith("| small_cnn |")
+    }
+    assert set(rows) == {METHODS[m].label for m in METHOD_ORDER}
+    assert rows["MTARD"][4] == "+1.25" and rows["MTARD"][7] == "-2.00"
+    assert all(row[4] == "+0.00" and row[7] == "+0.00" for k, row in rows.items() if k != "MTARD")
+    assert "## The premise in each" in text
+    assert text in capsys.readouterr().out
+    assert cli.main(["compare", str(tmp_path), str(tmp_path / "b"), "--out", str(out)]) == 2
+
+
 def test_resume_skips_completed_stages(smoke, monkeypatch):
     out = smoke  # in place: ends as complete as it started
     table = (out / "white_box.md").read_text()
