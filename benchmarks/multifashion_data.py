@@ -149,7 +149,7 @@ def load(
     first ``limit`` source images, for quick runs). Nothing is downloaded: the files must be in
     ``data_dir``, ``$ANL_DATA_DIR``, ``~/.cache/anl/data`` or Debian's
     ``/usr/share/datasets/fashion-mnist``."""
-    from anl.integrations.mtard import load_dataset
+    from anl.integrations.mtard.data.registry import load_dataset
 
     source = load_dataset("fashion_mnist", split, data_dir=data_dir, download=False, progress=False)
     images, labels = source.images.numpy(), source.labels.numpy()

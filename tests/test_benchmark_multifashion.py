@@ -70,7 +70,7 @@ def test_build_labels_are_the_two_items_classes_and_the_set_is_deterministic():
 
 
 def test_built_from_the_fashion_mnist_files():
-    from anl.integrations.mtard import load_dataset
+    from anl.integrations.mtard.data.registry import load_dataset
 
     try:
         source = load_dataset("fashion_mnist", "test", download=False, progress=False)
