@@ -28,7 +28,6 @@ from ..runtime.files import atomic_write_text, json_finite, read_json_object
 from ..runtime.process import current_ranks
 from .claims import claims_text, compare_with_claims, paper_comparison
 from .diagnostics import (
-    convergence_lines,
     convergence_section,
     not_converged,
     premise,
@@ -263,7 +262,7 @@ def _summary(
             f"Training time recorded by the runs themselves (also for runs completed by an "
             f"earlier invocation): {sum(trained):.0f} s over {len(trained)} runs."
         )
-    lines += ["", CONVERGENCE_HEADING, "", *convergence_lines(convergence_checks, labels)]
+    lines += ["", CONVERGENCE_HEADING, "", *convergence_section(convergence_checks, labels)]
     lines += ["", CLAIMS_HEADING, ""]
     lines += claims_text(
         comparison, premise=premise_check, unconverged=not_converged(convergence_checks)
