@@ -8,6 +8,7 @@ check runs before a weighting touches its state, so a rejected call changes noth
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -19,7 +20,15 @@ from torch import Tensor
 LossValue = float | int | np.floating | np.ndarray | Tensor | None
 Losses = Sequence[LossValue] | Mapping[str, LossValue] | Tensor
 
-__all__ = ["LossBatch", "LossValue", "Losses", "collect_losses", "describe", "parse_names"]
+__all__ = [
+    "LossBatch",
+    "LossValue",
+    "Losses",
+    "collect_losses",
+    "constant_vector",
+    "describe",
+    "parse_names",
+]
 
 
 def describe(value: object, limit: int = 80) -> str:
@@ -188,3 +197,23 @@ def _host_float(value: object, name: str) -> float:
         raise ValueError(
             f"Loss `{name}` should fit in a float. Found `{name} = {value}`."
         ) from None
+
+
+def constant_vector(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The vector ``values`` on ``device``, built once per (values, device, dtype) and reused:
+    a hyperparameter vector copied to an accelerator at every step would make the host wait
+    for the copy. Under ``torch.compile`` the tensor is built in the traced graph instead (no
+    cache for Dynamo to bypass). The result is shared: never modify it in place.
+
+    Example:
+        >>> constant_vector((0.5, 2.0), torch.device("cpu"), torch.float64)
+        tensor([0.5000, 2.0000], dtype=torch.float64)
+    """
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _cached_vector(values, device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_vector(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)

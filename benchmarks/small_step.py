@@ -9,7 +9,9 @@ Two small steps where the weighting is a visible share of the time (one CPU thre
 
 For each, the whole step (zero_grad, forward, losses, combine, backward, SGD) is timed with
 the losses combined by a plain fixed-weight sum ``sum_i c_i L_i`` (the reference) and by
-every weighting class, interleaved in one run; the ratio to the plain sum is the cost.
+every weighting class, interleaved in one run (each repeat rotates the order); the ratio to
+the plain sum is the cost. The plain sum is timed twice, on two copies of the model: the ratio
+of the second to the first is this run's noise floor.
 
 A second table times the weighting call alone on two 0-dim losses with a graph against the
 official MTARD code's inline update (``.item()`` both losses, Eq. 7-9 on Python floats, then
@@ -142,6 +144,9 @@ def step_candidates(workload: str, seed: int) -> dict[str, Callable[[], Any]]:
         return combine
 
     candidates["plain sum"] = make(plain)
+    # The same step again, on its own copy of the model: how far two identical steps differ
+    # in this run (the noise floor any ratio below should be read against).
+    candidates["plain sum, again"] = make(plain)
     for name, build in weightings(n).items():
         candidates[name] = make(lambda build=build: build().step)
     return candidates

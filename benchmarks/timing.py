@@ -142,7 +142,9 @@ def time_interleaved(
     """Time each callable of ``candidates`` (seconds per call), interleaving the repeats.
 
     Args:
-        candidates: name -> zero-argument callable; the order is the order within a repeat.
+        candidates: name -> zero-argument callable; repeat ``r`` runs them in this order
+            rotated by ``r`` (the first one first, then the second one first, ...), so that no
+            candidate always runs right after a switch from another one.
         repeats: timed repeats per candidate (the median is taken over them).
         warmup: untimed calls of each candidate before the first repeat.
         inner: calls per repeat (for calls too short to time one at a time).
@@ -161,12 +163,15 @@ def time_interleaved(
             fn()
     _synchronize(device)
     timings = {name: Timing(name) for name in candidates}
-    for _ in range(repeats):
+    names = list(candidates)
+    for r in range(repeats):
         if WAIT_IDLE["threshold"] > 0:
             idle = wait_for_idle(WAIT_IDLE["threshold"], WAIT_IDLE["timeout"])
             for timing in timings.values():
                 timing.idle.append(idle)
-        for name, fn in candidates.items():
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            fn = candidates[name]
             _synchronize(device)
             start = time.perf_counter()
             for _ in range(inner):

@@ -15,35 +15,81 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 
-from anl import AdaptiveLossBalancer, ConstantWeights
+from anl import (
+    FAMO,
+    IMTLL,
+    AdaptiveLossBalancer,
+    ConstantWeights,
+    DynamicWeightAverage,
+    GeometricLossStrategy,
+    RandomLossWeighting,
+    ReLoBRaLo,
+    SoftAdapt,
+    UncertaintyWeighting,
+)
 
+NAMES = ["a", "b", "c"]
 RULES = {
-    "anl": lambda: AdaptiveLossBalancer(["a", "b", "c"], beta=2.0, weight_lr=0.3),
-    "constant": lambda: ConstantWeights(["a", "b", "c"], weights=[0.2, 0.3, 0.5]),
+    "anl": lambda: AdaptiveLossBalancer(NAMES, beta=2.0, weight_lr=0.3),
+    "constant": lambda: ConstantWeights(NAMES, weights=[0.2, 0.3, 0.5]),
+}
+EVERY_CLASS = {
+    **RULES,
+    "dwa": lambda: DynamicWeightAverage(NAMES),
+    "rlw": lambda: RandomLossWeighting(NAMES),
+    "gls": lambda: GeometricLossStrategy(NAMES),
+    "softadapt": lambda: SoftAdapt(NAMES),
+    "relobralo": lambda: ReLoBRaLo(NAMES),
+    "uw": lambda: UncertaintyWeighting(NAMES),
+    "imtl_l": lambda: IMTLL(NAMES),
+    "famo": lambda: FAMO(NAMES),
 }
 
 
-def _training_step(model, weighting, x, absent=False):
+def _losses(model, x, absent=False):
     out = model(x)
-    losses = {
-        "a": out[:, 0].pow(2).mean(),
-        "b": (out[:, 1] - 1).abs().mean(),
-        "c": None if absent else out.pow(2).sum(1).sqrt().mean(),
+    return {  # positive (FAMO and GLS take logarithms)
+        "a": out[:, 0].pow(2).mean() + 0.1,
+        "b": (out[:, 1] - 1).abs().mean() + 0.1,
+        "c": None if absent else out.pow(2).sum(1).sqrt().mean() + 0.1,
     }
-    return weighting.step(losses)
 
 
-@pytest.mark.parametrize("rule", sorted(RULES))
+def _training_step(model, weighting, x, absent=False):
+    return weighting.step(_losses(model, x, absent))
+
+
+@pytest.mark.parametrize("rule", sorted(EVERY_CLASS))
 @pytest.mark.parametrize("absent", [False, True])
 def test_no_graph_break_inside_the_balancer(rule, absent):
     torch.manual_seed(0)
-    model, weighting = torch.nn.Linear(4, 3), RULES[rule]()
+    model, weighting = torch.nn.Linear(4, 3), EVERY_CLASS[rule]()
     weighting.step([1.0, 2.0, 3.0])  # a host step first: the state changes form under compile
+    if isinstance(weighting, FAMO):
+        weighting.update([0.9, 1.9, 2.9])  # as in training: each step followed by its update
     explanation = dynamo.explain(lambda x: _training_step(model, weighting, x, absent))(
         torch.randn(8, 4)
     )
     reasons = [b.reason for b in explanation.break_reasons]
     assert explanation.graph_break_count == 0, reasons
+    assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("absent", [False, True])
+def test_no_graph_break_in_famo_update(absent):
+    """FAMO's second call, on the losses after the optimiser step, traces as one graph too."""
+    torch.manual_seed(0)
+    model, famo = torch.nn.Linear(4, 3), FAMO(NAMES)
+    famo.step([1.0, 2.0, 3.0])
+    famo.update([0.9, 1.9, 2.9])
+    x = torch.randn(8, 4)
+    famo.step({k: v.detach() for k, v in _losses(model, x, absent).items() if v is not None})
+
+    def update(x):
+        return famo.update({k: v for k, v in _losses(model, x, absent).items() if v is not None})
+
+    explanation = dynamo.explain(update)(x)
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
     assert explanation.graph_count == 1
 
 

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from anl import functional
-from anl.inputs import Losses, describe, parse_names
+from anl.inputs import Losses, constant_vector, describe, parse_names
 from anl.state import split_state_dict
 from anl.weighting import LossWeighting
 
@@ -158,7 +158,7 @@ class LearnedScales(LossWeighting, nn.Module):
         s = self._parameter.detach()
         if isinstance(relative, Tensor):
             s = s.to(device=relative.device, dtype=relative.dtype)
-            a = _constant(tuple(scale), relative.device, relative.dtype)
+            a = constant_vector(tuple(scale), relative.device, relative.dtype)
             weights = a * torch.exp(self.sign * s)
             return {"weights": weights.clamp(max=torch.finfo(relative.dtype).max)}
         return {
@@ -191,8 +191,8 @@ class LearnedScales(LossWeighting, nn.Module):
         values = torch.stack([loss.to(work) for loss in losses])
         s = parameter if kept is None else parameter[kept]
         s = s.to(work)
-        a = _constant(tuple(scale), device, work)
-        b = _constant(tuple(bias), device, work)
+        a = constant_vector(tuple(scale), device, work)
+        b = constant_vector(tuple(bias), device, work)
         total = (a * torch.exp(self.sign * s) * values).sum() - self.sign * (b * s).sum()
         return total.to(dtype)
 
@@ -292,13 +292,6 @@ def _scaled_exp(a: float, x: float) -> float:
 
 
 _FLOAT_MAX = torch.finfo(torch.float64).max
-
-
-@functools.lru_cache(maxsize=64)
-def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """A constant vector on ``device``, built once (a host-to-device copy per step would wait
-    for the device)."""
-    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _finite_floats(values: Any, n: int, name: str) -> list[float]:

@@ -88,7 +88,7 @@ import torch
 from torch import Tensor
 
 from anl import functional
-from anl.inputs import LossBatch, Losses, collect_losses, describe, parse_names
+from anl.inputs import LossBatch, Losses, collect_losses, constant_vector, describe, parse_names
 from anl.state import split_state_dict
 from anl.weighting import DEFAULT_HISTORY_SIZE, Hyperparameter, LossWeighting
 
@@ -376,7 +376,7 @@ class FAMO(LossWeighting):
                 reference = reference[kept]
         if kept is not None:
             z = z[kept]
-        floor = _constant(tuple(bounds), device, state_dtype)
+        floor = constant_vector(tuple(bounds), device, state_dtype)
         d = (reference - floor).clamp(min=0) + self.defaults["eps"]
         ratio = z / d
         c = 1.0 / ratio.sum()
@@ -498,7 +498,7 @@ def _logits_step_tensor(
     beta1, beta2 = ADAM_BETAS
     lr, gamma, eps = hyper["weight_lr"], hyper["gamma"], hyper["eps"]
     logits, m, v = state["logits"], state["exp_avg"], state["exp_avg_sq"]
-    bounds = _constant(tuple(hyper["min_losses"]), logits.device, logits.dtype)
+    bounds = constant_vector(tuple(hyper["min_losses"]), logits.device, logits.dtype)
     before = state["pending_losses"]
     safe_after = torch.where(both, after, before)  # absent: NaN, kept out of every sum
     delta = torch.log((before - bounds).clamp(min=0) + eps) - torch.log(
@@ -539,11 +539,6 @@ def _straight_through(
 
 def _total_dtype(losses: Sequence[Tensor]) -> torch.dtype:
     return functools.reduce(torch.promote_types, (x.dtype for x in losses), torch.float32)
-
-
-@functools.lru_cache(maxsize=64)
-def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
-    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _min_losses(value: Any, n: int) -> list[float]:

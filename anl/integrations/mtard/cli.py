@@ -1,12 +1,12 @@
-"""The ``anl-mtard`` command: ``train``, ``evaluate``, ``reproduce``, ``plot``, ``diagnose``
-and ``sensitivity``.
+"""The ``anl-mtard`` command: ``train``, ``evaluate``, ``reproduce``, ``plot``, ``diagnose``,
+``compare`` and ``sensitivity``.
 
 Every subcommand is defined here, so that no library module imports :mod:`argparse`: one
 ``add_<name>_command`` function per subcommand, listed in :data:`SUBCOMMANDS`, adds its flags
 and the function that turns them into a call of the library
 (:func:`~.training.trainer.train`, :func:`~.evaluation.robustness.evaluate`,
 :func:`~.pipeline.reproduce.reproduce`, :func:`~.plots.plot_run`,
-:func:`~.pipeline.diagnostics.write_diagnostics`,
+:func:`~.pipeline.report.refresh_diagnostics`, :func:`~.pipeline.compare.write_comparison`,
 :func:`~.pipeline.sensitivity.sensitivity`). Under ``torchrun`` every rank runs the command
 and rank 0 prints. ``python -m anl.integrations.mtard`` is the same command.
 
@@ -53,9 +53,10 @@ from .methods.balancers import BALANCER_NAMES
 from .methods.registry import METHOD_ORDER
 from .models import MODELS, model_names
 from .models.checkpoint import load_model, load_teacher
-from .pipeline.diagnostics import write_diagnostics
+from .pipeline.compare import write_comparison
 from .pipeline.figures import write_figures
 from .pipeline.profile import Profile, profile_names
+from .pipeline.report import refresh_diagnostics
 from .pipeline.reproduce import reproduce
 from .plots import plot_run
 from .runtime.execution import MEMORY_FORMATS
@@ -955,8 +956,9 @@ def add_diagnose_command(subparsers: argparse._SubParsersAction) -> None:
             "Recompute, from a results directory's results.json (its stored evaluations and "
             "epoch curves) without retraining anything, the paper's premise measured there "
             "(teacher and RSLAD robustness against SAT's, the clean teacher's margin) and "
-            "whether each run's validation robust accuracy had flattened, and write them to "
-            "DIR/diagnostics.md."
+            "whether each run's validation robust accuracy had flattened; write them to "
+            "DIR/diagnostics.md, add them to teachers.md and summary.md where an earlier "
+            "version left them out, and judge summary.md's claims again in their light."
         ),
     )
     parser.add_argument(
@@ -970,7 +972,7 @@ def add_diagnose_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_diagnose_command(args: argparse.Namespace) -> int:
-    """Run ``anl-mtard diagnose``; prints the file written and its contents."""
+    """Run ``anl-mtard diagnose``; prints ``diagnostics.md`` and the files written."""
     directory = directory_argument(args.directory, "DIR")
     assert directory is not None
     if not (directory / "results.json").is_file():
@@ -978,7 +980,64 @@ def run_diagnose_command(args: argparse.Namespace) -> int:
             f"argument DIR: expected a results directory (anl-mtard reproduce --out, with "
             f"results.json), found '{directory}'"
         )
-    written = write_diagnostics(directory)
+    written = refresh_diagnostics(directory)
+    print(written[0].read_text())
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+# ==============================================================================================
+# anl-mtard compare
+# ==============================================================================================
+def add_compare_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``compare``: two finished reproductions side by side."""
+    parser = subparsers.add_parser(
+        "compare",
+        help="two results directories side by side (e.g. default and default-kl10)",
+        description=(
+            "Write a Markdown table of every student and method present in both results "
+            "directories: clean accuracy, robust accuracy under --attack and W-Robust of each "
+            "(mean +- std over seeds) and their difference B - A, then both premise tables. "
+            "Reads only their results.json."
+        ),
+    )
+    parser.add_argument("dir_a", type=Path, metavar="DIR_A", help="results directory A")
+    parser.add_argument("dir_b", type=Path, metavar="DIR_B", help="results directory B")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="the Markdown file to write"
+    )
+    parser.add_argument(
+        "--labels",
+        nargs=2,
+        default=None,
+        metavar=("A", "B"),
+        help="names of the two in the table (default: the directories' names)",
+    )
+    parser.add_argument(
+        "--attack",
+        choices=ATTACK_NAMES,
+        default="pgd_trades",
+        metavar="ATTACK",
+        help=f"the attack of the robust columns: {names_text(ATTACK_NAMES)} (default: pgd_trades)",
+    )
+    add_debug_flag(parser)
+    parser.set_defaults(func=run_compare_command, prog=parser.prog)
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    """Run ``anl-mtard compare``; prints the table written."""
+    for flag, directory in (("DIR_A", args.dir_a), ("DIR_B", args.dir_b)):
+        directory_argument(directory, flag)
+        if not (directory / "results.json").is_file():
+            raise ArgumentError(
+                f"argument {flag}: expected a results directory (anl-mtard reproduce --out, "
+                f"with results.json), found '{directory}'"
+            )
+    file_argument(args.out, "--out")
+    written = write_comparison(
+        args.dir_a, args.dir_b, args.out, labels=args.labels, attack=args.attack
+    )
     print(written.read_text())
     return 0
 
@@ -1112,6 +1171,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_reproduce_command,
     add_plot_command,
     add_diagnose_command,
+    add_compare_command,
     add_sensitivity_command,
 )
 """The subcommands, in the order ``--help`` lists them: each adds its parser and sets ``func``

@@ -133,6 +133,15 @@ USAGE = {
     "plot an empty dir": (["plot", "."], ["DIR", "run directory", "results directory"]),
     "diagnose a file": (["diagnose", "afile"], ["DIR", "'afile'"]),
     "diagnose not a results dir": (["diagnose", "."], ["DIR", "results directory"]),
+    "compare not a results dir": (
+        ["compare", ".", ".", "--out", "x.md"],
+        ["DIR_A", "results directory"],
+    ),
+    "compare --attack bogus": (
+        ["compare", ".", ".", "--out", "x.md", "--attack", "x"],
+        ["--attack"],
+    ),
+    "compare without --out": (["compare", ".", "."], ["--out"]),
     "unknown command": (["bogus"], ["COMMAND"]),
 }
 
@@ -293,7 +302,15 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_option_has_help_with_its_default_at_most_once():
     parsers = _subparsers()
-    assert sorted(parsers) == ["diagnose", "evaluate", "plot", "reproduce", "sensitivity", "train"]
+    assert sorted(parsers) == [
+        "compare",
+        "diagnose",
+        "evaluate",
+        "plot",
+        "reproduce",
+        "sensitivity",
+        "train",
+    ]
     for name, parser in {"anl-mtard": cli.build_parser(), **parsers}.items():
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):

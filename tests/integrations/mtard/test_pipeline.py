@@ -216,6 +216,92 @@ def test_diagnose_writes_the_premise_and_convergence_of_a_results_directory(
     assert capsys.readouterr().err.count("\n") == 1
 
 
+def test_diagnose_brings_an_earlier_report_up_to_date_and_is_idempotent(smoke, tmp_path):
+    """A results directory written before the premise and convergence checks existed (its
+    summary.md and teachers.md without them) gets them where a report of today has them, with
+    the claims judged again; a second call changes nothing."""
+    from anl.integrations.mtard.pipeline.report import (
+        CLAIMS_HEADING,
+        CONVERGENCE_HEADING,
+        PREMISE_HEADING,
+        refresh_diagnostics,
+    )
+
+    copy = tmp_path / "results"
+    copy.mkdir()
+    for name in ("results.json", "summary.md", "teachers.md"):
+        (copy / name).write_bytes((smoke / name).read_bytes())
+    today = {name: (smoke / name).read_text() for name in ("summary.md", "teachers.md")}
+
+    def drop_section(text: str, heading: str) -> str:
+        """Without ``heading``'s section: up to the next heading, or for the premise (which
+        the run's facts follow) up to its verdict line and the blank line after it."""
+        lines = text.split("\n")
+        start = lines.index(heading)
+        if heading == PREMISE_HEADING:
+            end = 2 + next(i for i in range(start, len(lines)) if lines[i].startswith("**The"))
+        else:
+            end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("## "))
+        return "\n".join(lines[:start] + lines[end:])
+
+    old_summary = drop_section(
+        drop_section(today["summary.md"], PREMISE_HEADING), CONVERGENCE_HEADING
+    )
+    old_summary = old_summary.replace("**The premise", "**An old verdict line", 1)
+    title, _, rest = today["teachers.md"].partition("\n")
+    verdict = next(line for line in rest.split("\n") if line.startswith("**The premise"))
+    old_teachers = title + "\n" + rest.split(verdict + "\n", 1)[1]
+    assert "| Premise" not in old_teachers and PREMISE_HEADING not in old_summary
+    (copy / "summary.md").write_text(old_summary)
+    (copy / "teachers.md").write_text(old_teachers)
+
+    written = refresh_diagnostics(copy)
+    assert [p.name for p in written] == ["diagnostics.md", "teachers.md", "summary.md"]
+    summary = (copy / "summary.md").read_text()
+    for heading in (PREMISE_HEADING, CONVERGENCE_HEADING, CLAIMS_HEADING):
+        assert summary.count(heading) == 1
+    order = [
+        summary.index(h) for h in (PREMISE_HEADING, "- Date:", CONVERGENCE_HEADING, CLAIMS_HEADING)
+    ]
+    assert order == sorted(order)
+    assert "An old verdict line" not in summary
+    claims = today["summary.md"].split(CLAIMS_HEADING)[1]
+    assert claims in summary  # judged as a report of today judges them
+    assert (copy / "teachers.md").read_text().count("| Premise") == 1
+    before = {p.name: p.read_text() for p in copy.iterdir()}
+    refresh_diagnostics(copy)
+    assert {p.name: p.read_text() for p in copy.iterdir()} == before
+
+
+def test_compare_puts_two_reproductions_side_by_side(smoke, tmp_path, capsys):
+    """`anl-mtard compare A B`: per method, A's and B's mean ± std and B − A in points."""
+    results = json.loads((smoke / "results.json").read_text())
+    shifted = json.loads(json.dumps(results))
+    mtard = shifted["aggregate"]["small_cnn"]["mtard"]
+    mtard["clean"]["mean"] += 0.0125
+    mtard["attacks"]["pgd_trades"]["robust"]["mean"] -= 0.02
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "results.json").write_text(json.dumps(results))
+    (tmp_path / "b" / "results.json").write_text(json.dumps(shifted))
+    out = tmp_path / "side.md"
+    argv = ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]
+    assert cli.main([*argv, "--labels", "kl1", "kl10"]) == 0
+    text = out.read_text()
+    assert text.startswith("# `kl1` and `kl10` side by side")
+    rows = {
+        line.split(" | ")[1]: line.split(" | ")
+        for line in text.splitlines()
+        if line.startswith("| small_cnn |")
+    }
+    assert set(rows) == {METHODS[m].label for m in METHOD_ORDER}
+    assert rows["MTARD"][4] == "+1.25" and rows["MTARD"][7] == "-2.00"
+    assert all(row[4] == "+0.00" and row[7] == "+0.00" for k, row in rows.items() if k != "MTARD")
+    assert "## The premise in each" in text
+    assert text in capsys.readouterr().out
+    assert cli.main(["compare", str(tmp_path), str(tmp_path / "b"), "--out", str(out)]) == 2
+
+
 def test_resume_skips_completed_stages(smoke, monkeypatch):
     out = smoke  # in place: ends as complete as it started
     table = (out / "white_box.md").read_text()

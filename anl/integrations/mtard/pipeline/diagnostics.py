@@ -38,6 +38,7 @@ __all__ = [
     "THRESHOLDS",
     "convergence",
     "convergence_lines",
+    "convergence_section",
     "diagnostics_text",
     "not_converged",
     "premise",
@@ -295,6 +296,19 @@ def convergence_lines(
     return lines
 
 
+def convergence_section(
+    checks: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str]
+) -> list[str]:
+    """:func:`convergence_lines`, or one line saying why there is nothing to check (results
+    written before the epoch curves were stored, whose run directories are gone)."""
+    if any(c["status"] != "too short" or c["epochs"] for c in checks.values()):
+        return convergence_lines(checks, labels)
+    return [
+        "The epoch logs of these runs were not kept (the runs' directories are gone and this "
+        "`results.json` predates storing the curves), so convergence cannot be checked here."
+    ]
+
+
 def diagnostics_text(results: Mapping[str, Any]) -> str:
     """``diagnostics.md`` of a results directory: its premise and convergence checks,
     recomputed from ``results.json`` (its stored evaluations and epoch curves, or the run
@@ -315,15 +329,7 @@ def diagnostics_text(results: Mapping[str, Any]) -> str:
                 "",
                 "## Convergence of each run",
                 "",
-                *(
-                    convergence_lines(checks, labels)
-                    if any(c["status"] != "too short" or c["epochs"] for c in checks.values())
-                    else [
-                        "The epoch logs of these runs were not kept (the runs' directories are gone "
-                        "and this `results.json` predates storing the curves), so convergence "
-                        "cannot be checked here."
-                    ]
-                ),
+                *convergence_section(checks, labels),
             ]
         )
         + "\n"

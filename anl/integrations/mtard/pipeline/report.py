@@ -4,6 +4,8 @@
 4-5), ``ablation.md`` (Fig. 2), ``teachers.md`` (Table 1) (:mod:`.report_tables`),
 ``results.json``, the figures (:mod:`.figures`) and ``summary.md``: wall times, machine,
 command and the paper's claims measured on these numbers (:mod:`.claims`).
+:func:`refresh_diagnostics` brings the premise and convergence checks (:mod:`.diagnostics`)
+into a results directory written before they existed, from its ``results.json`` alone.
 """
 
 from __future__ import annotations
@@ -22,16 +24,17 @@ import torch
 
 from ..attacks.registry import BLACK_BOX, WHITE_BOX
 from ..methods.registry import METHODS
-from ..runtime.files import atomic_write_text, json_finite
+from ..runtime.files import atomic_write_text, json_finite, read_json_object
 from ..runtime.process import current_ranks
 from .claims import claims_text, compare_with_claims, paper_comparison
 from .diagnostics import (
-    convergence_lines,
+    convergence_section,
     not_converged,
     premise,
     premise_lines,
     read_epochs,
     run_convergence,
+    write_diagnostics,
 )
 from .figures import write_figures
 from .plan import Outcome
@@ -192,7 +195,7 @@ def _summary(
         "",
         profile.get("description", ""),
         "",
-        "## The paper's premise, measured here",
+        PREMISE_HEADING,
         "",
         *premise_lines(premise_check),
         "",
@@ -259,8 +262,8 @@ def _summary(
             f"Training time recorded by the runs themselves (also for runs completed by an "
             f"earlier invocation): {sum(trained):.0f} s over {len(trained)} runs."
         )
-    lines += ["", "## Convergence of each run", "", *convergence_lines(convergence_checks, labels)]
-    lines += ["", "## The paper's claims, measured here", ""]
+    lines += ["", CONVERGENCE_HEADING, "", *convergence_section(convergence_checks, labels)]
+    lines += ["", CLAIMS_HEADING, ""]
     lines += claims_text(
         comparison, premise=premise_check, unconverged=not_converged(convergence_checks)
     )
@@ -308,3 +311,71 @@ def _with_premise(teachers_md: str, premise_check: Mapping[str, Any]) -> str:
     """``teachers.md`` opened by the premise table (the teachers are half of it)."""
     title, _, rest = teachers_md.partition("\n")
     return "\n".join([title, "", *premise_lines(premise_check), rest])
+
+
+PREMISE_HEADING = "## The paper's premise, measured here"
+CONVERGENCE_HEADING = "## Convergence of each run"
+CLAIMS_HEADING = "## The paper's claims, measured here"
+
+
+def refresh_diagnostics(out: str | Path) -> list[Path]:
+    """Recompute the premise and convergence checks of the results directory ``out`` from its
+    ``results.json`` (no retraining) and write them where a report of this version has them:
+    ``diagnostics.md``; the premise table at the top of ``teachers.md``; in ``summary.md`` the
+    premise section before the run's facts, the convergence section before the claims, and
+    the claims judged again in their light. Files already holding a section keep it as it is,
+    except the claims, which are always judged again. Returns the files written.
+    """
+    out = Path(out)
+    results = read_json_object(out / "results.json")
+    premise_check = premise(results)
+    checks = run_convergence(results.get("runs") or [])
+    written = [write_diagnostics(out)]
+    teachers_md = out / "teachers.md"
+    if teachers_md.is_file():
+        text = teachers_md.read_text()
+        if PREMISE_HEADING not in text and "| Premise" not in text:
+            atomic_write_text(teachers_md, _with_premise(text, premise_check))
+            written.append(teachers_md)
+    summary_md = out / "summary.md"
+    if summary_md.is_file():
+        labels = {m: METHODS[m].label for m in METHODS}
+        text = _refreshed_summary(
+            summary_md.read_text(),
+            premise_check,
+            convergence_section(checks, labels),
+            claims_text(
+                results.get("comparison") or {},
+                premise=premise_check,
+                unconverged=not_converged(checks),
+            ),
+        )
+        atomic_write_text(summary_md, text)
+        written.append(summary_md)
+    return written
+
+
+def _refreshed_summary(
+    text: str,
+    premise_check: Mapping[str, Any],
+    convergence: list[str],
+    claims: list[str],
+) -> str:
+    """``summary.md``'s text with the premise, convergence and claims sections of this version."""
+    lines = text.rstrip("\n").split("\n")
+    if PREMISE_HEADING not in lines:
+        facts = next((i for i, line in enumerate(lines) if line.startswith("- Date:")), 1)
+        lines[facts:facts] = [PREMISE_HEADING, "", *premise_lines(premise_check), ""]
+    if CLAIMS_HEADING in lines:
+        start = lines.index(CLAIMS_HEADING)
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+        tail = lines[end:]
+        lines = [*lines[:start], CLAIMS_HEADING, "", *claims, *([""] if tail else []), *tail]
+    else:
+        lines += ["", CLAIMS_HEADING, "", *claims]
+    if CONVERGENCE_HEADING not in lines:
+        at = lines.index(CLAIMS_HEADING)
+        lines[at:at] = [CONVERGENCE_HEADING, "", *convergence, ""]
+    return "\n".join(lines) + "\n"
