@@ -239,6 +239,18 @@ def directory_argument(path: str | Path | None, flag: str) -> Path | None:
     return path
 
 
+def results_directory_argument(path: str | Path, flag: str) -> Path:
+    """``path`` as a finished reproduction's results directory (one with ``results.json``):
+    an :class:`ArgumentError` naming ``flag`` otherwise."""
+    directory = directory_argument(path, flag)
+    if directory is None or not (directory / "results.json").is_file():
+        raise ArgumentError(
+            f"argument {flag}: expected a results directory (anl-mtard reproduce --out, with "
+            f"results.json), found '{path}'"
+        )
+    return directory
+
+
 def file_argument(path: str | Path | None, flag: str) -> Path | None:
     """``path`` as a file to read: an :class:`ArgumentError` if it is a directory (a missing file
     is the reader's ``FileNotFoundError``, a runtime failure)."""
@@ -973,13 +985,7 @@ def add_diagnose_command(subparsers: argparse._SubParsersAction) -> None:
 
 def run_diagnose_command(args: argparse.Namespace) -> int:
     """Run ``anl-mtard diagnose``; prints ``diagnostics.md`` and the files written."""
-    directory = directory_argument(args.directory, "DIR")
-    assert directory is not None
-    if not (directory / "results.json").is_file():
-        raise ArgumentError(
-            f"argument DIR: expected a results directory (anl-mtard reproduce --out, with "
-            f"results.json), found '{directory}'"
-        )
+    directory = results_directory_argument(args.directory, "DIR")
     written = refresh_diagnostics(directory)
     print(written[0].read_text())
     for path in written:
@@ -1027,17 +1033,10 @@ def add_compare_command(subparsers: argparse._SubParsersAction) -> None:
 
 def run_compare_command(args: argparse.Namespace) -> int:
     """Run ``anl-mtard compare``; prints the table written."""
-    for flag, directory in (("DIR_A", args.dir_a), ("DIR_B", args.dir_b)):
-        directory_argument(directory, flag)
-        if not (directory / "results.json").is_file():
-            raise ArgumentError(
-                f"argument {flag}: expected a results directory (anl-mtard reproduce --out, "
-                f"with results.json), found '{directory}'"
-            )
+    dir_a = results_directory_argument(args.dir_a, "DIR_A")
+    dir_b = results_directory_argument(args.dir_b, "DIR_B")
     file_argument(args.out, "--out")
-    written = write_comparison(
-        args.dir_a, args.dir_b, args.out, labels=args.labels, attack=args.attack
-    )
+    written = write_comparison(dir_a, dir_b, args.out, labels=args.labels, attack=args.attack)
     print(written.read_text())
     return 0
 

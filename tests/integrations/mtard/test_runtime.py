@@ -24,6 +24,7 @@ from anl.integrations.mtard.runtime.optional import NoBar, progress_bar, require
 from anl.integrations.mtard.runtime.process import (
     Ranks,
     agree,
+    command_line,
     current_ranks,
     node_main_first,
     process_device,
@@ -128,3 +129,17 @@ def test_the_command_needs_only_torch_and_numpy():
         check=False,
     )
     assert module.returncode == 0 and module.stdout.startswith("anl "), module.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv0", "shown"),
+    [
+        ("/usr/bin/anl-mtard", "anl-mtard"),
+        ("/src/anl/integrations/mtard/__main__.py", "anl-mtard"),  # python -m anl...mtard
+        ("/src/anl/integrations/mtard/cli.py", "anl-mtard"),
+        ("my_script.py", "my_script.py"),
+    ],
+)
+def test_command_line_names_the_command_a_user_types(monkeypatch, argv0, shown):
+    monkeypatch.setattr("sys.argv", [argv0, "sensitivity", "runs/a b", "--grid", "balancers"])
+    assert command_line() == f"{shown} sensitivity 'runs/a b' --grid balancers"

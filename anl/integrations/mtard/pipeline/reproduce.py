@@ -42,8 +42,6 @@ import datetime
 import json
 import logging
 import os
-import shlex
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,7 +51,7 @@ from ..checks import check_int, fail
 from ..runtime.execution import torch_threads
 from ..runtime.files import atomic_write_text
 from ..runtime.optional import progress_bar
-from ..runtime.process import Ranks, agree, distributed_session, node_main_first
+from ..runtime.process import Ranks, agree, command_line, distributed_session, node_main_first
 from .executor import default_worker_threads, run_tasks
 from .plan import build_plan
 from .profile import Profile
@@ -103,10 +101,7 @@ def reproduce(
     if not isinstance(profile, Profile):
         profile = Profile(profile) if isinstance(profile, Mapping) else Profile.load(profile)
     out = Path(out)
-    program = Path(sys.argv[0]).name
-    if program in ("__main__.py", "cli.py"):  # python -m anl.integrations.mtard(.cli)
-        program = "anl-mtard"
-    command = command or shlex.join([program, *sys.argv[1:]])
+    command = command or command_line()
     # One process group for every stage (under torchrun; a lone process runs alone).
     with distributed_session(profile.device) as ranks:
         if ranks.enabled and jobs > 1:

@@ -27,8 +27,6 @@ import dataclasses
 import datetime
 import json
 import os
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +38,13 @@ from ..methods.registry import METHODS
 from ..runtime.execution import torch_threads
 from ..runtime.files import atomic_write_text
 from ..runtime.optional import progress_bar
-from ..runtime.process import agree, current_ranks, distributed_session, node_main_first
+from ..runtime.process import (
+    agree,
+    command_line,
+    current_ranks,
+    distributed_session,
+    node_main_first,
+)
 from ..training.config import TrainConfig
 from ..training.trainer import NonFiniteLossError
 from .executor import Task, default_worker_threads, run_tasks
@@ -243,7 +247,7 @@ def sensitivity(
             fail("only", list(only), f"names of the {grid!r} grid's settings {names}")
         settings = [s for s in settings if s.name in only]
     out = Path(out) if out is not None else results_dir / "sensitivity"
-    command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    command = command or command_line()
     teachers = {role: profile.teacher(role, results_dir) for role in ("clean", "adv")}
     for teacher in teachers.values():
         if not teacher.checkpoint.is_file():

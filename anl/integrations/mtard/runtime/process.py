@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -249,3 +252,12 @@ def broadcast_buffers(module: nn.Module, ranks: Ranks) -> None:
             for b in buffers:
                 b.copy_(flat[offset : offset + b.numel()].view_as(b))
                 offset += b.numel()
+
+
+def command_line() -> str:
+    """This process's command line as a user would type it: ``anl-mtard ...`` also when it
+    was started as ``python -m anl.integrations.mtard`` (recorded in the results)."""
+    program = Path(sys.argv[0]).name
+    if program in ("__main__.py", "cli.py", "-c"):  # python -m anl.integrations.mtard(.cli)
+        program = "anl-mtard"
+    return shlex.join([program, *sys.argv[1:]])
