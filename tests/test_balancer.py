@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from anl import AdaptiveLossBalancer, ConstantWeights, testing
 from anl.testing import strategies as anl_st
+from anl.weighting import Hyperparameter
 
 # ----------------------------------------------------------------------------- hand-computed
 # N = 2, w(-1) = (1/2, 1/2), r_w = 0.1, losses (2, 4), (1, 3), (0.5, 3):
@@ -452,6 +453,42 @@ def test_history_holds_exactly_what_each_step_saw(path):
     assert h["applied"].tolist() == [True, False, True]
 
 
+@pytest.mark.parametrize("history_size", [None, 2])
+@pytest.mark.parametrize("path", ["host", "device"])
+def test_history_is_float64_whatever_the_state_dtype(path, history_size):
+    """A float32 state still gives float64 history arrays (the documented dtype), holding the
+    float32 values exactly, whether the rows sit in the deque, the list or the device ring."""
+    balancer = AdaptiveLossBalancer(
+        2, weight_lr=0.3, history_size=history_size, dtype=torch.float32
+    )
+    balancer.supports_host = path == "host"
+    rows = [(2.0, 3.0), (1.0, 2.875), (0.25, 2.5)]  # exact in float32
+    weights = []
+    for row in rows:
+        balancer.step([torch.tensor(v, dtype=torch.float32) for v in row])
+        weights.append(balancer.weights.tolist())
+    h = balancer.history()
+    keep = len(rows) if history_size is None else history_size
+    for key in ("losses", "relative_losses", "weights"):
+        assert h[key].dtype == np.float64, key
+    assert h["weights"].tolist() == weights[-keep:]
+    assert h["losses"].tolist() == [list(r) for r in rows[-keep:]]
+
+
+@pytest.mark.parametrize("path", ["host", "device"])
+def test_history_size_zero_and_one(path):
+    """history_size=0 keeps no row (the device path allocates no ring); 1 keeps the newest."""
+    for size, kept in ((0, []), (1, [[1.0, 1.5]])):
+        balancer = AdaptiveLossBalancer(2, history_size=size)
+        balancer.supports_host = path == "host"
+        for row in ([1.0, 2.0], [1.0, 1.5]):
+            balancer.step([torch.tensor(v, dtype=torch.float64) for v in row])
+        h = balancer.history()
+        assert h["weights"].shape == (len(kept), 2)
+        assert h["losses"].tolist() == kept
+        assert h["step"].tolist() == ([1] if kept else [])
+
+
 def test_history_size_zero_and_default():
     none = AdaptiveLossBalancer(2, history_size=0)
     none.step([1.0, 2.0])
@@ -544,20 +581,57 @@ def test_hyperparameters_are_settable_and_checked():
     assert repr(balancer) == "AdaptiveLossBalancer(['0', '1'], beta=2.0, weight_lr=0.0025)"
 
 
-def test_history_keeps_order_across_host_and_device_steps():
-    balancer = AdaptiveLossBalancer(2, weight_lr=0.5, history_size=4)
+@pytest.mark.parametrize("history_size", [4, None])
+def test_history_keeps_order_across_host_and_device_steps(history_size):
+    """Host and device rows interleave in call order, in the bounded ring and in the
+    unbounded list alike, each row with its own values."""
+    balancer = AdaptiveLossBalancer(2, weight_lr=0.5, history_size=history_size)
     rows = [(2.0, 4.0), (1.0, 4.0), (1.0, 2.0), (0.5, 2.0), (0.5, 1.0)]
     for k, row in enumerate(rows):
         balancer.supports_host = k not in (1, 2)  # host, device, device, host, host
         balancer.step([torch.tensor(v, dtype=torch.float64) for v in row])
     h = balancer.history()
-    assert h["step"].tolist() == [1, 2, 3, 4]
-    np.testing.assert_array_equal(h["losses"], rows[1:])
+    first = 1 if history_size == 4 else 0
+    assert h["step"].tolist() == list(range(first, 5))
+    np.testing.assert_array_equal(h["losses"], rows[first:])
     reference = AdaptiveLossBalancer(2, weight_lr=0.5)
     for row in rows:
         reference.step(list(row))
-    np.testing.assert_allclose(h["weights"], reference.history()["weights"][1:], rtol=1e-14)
+    np.testing.assert_allclose(h["weights"], reference.history()["weights"][first:], rtol=1e-14)
+    if history_size is None:
+        return
     balancer.supports_host = False
     for _ in range(6):  # the ring wraps around
         balancer.step([torch.tensor(0.25, dtype=torch.float64), torch.tensor(1.0)])
     assert balancer.history()["step"].tolist() == [7, 8, 9, 10]
+
+
+def test_an_unknown_hyperparameter_is_a_value_error_naming_it():
+    """A subclass's hyperparameter that no ``_check_hyperparameter`` handles reaches the base
+    class, which refuses it by name (and leaves the balancer's defaults as they were)."""
+
+    class WithGamma(AdaptiveLossBalancer):
+        gamma = Hyperparameter("a hyperparameter no rule checks")
+
+    assert WithGamma.gamma.__doc__ == "a hyperparameter no rule checks"  # the API docs' text
+    assert AdaptiveLossBalancer.beta.__doc__ == r":math:`\beta`, the exponent of Eq. 8."
+    balancer = WithGamma(2)
+    with pytest.raises(ValueError, match="WithGamma has no hyperparameter `gamma`"):
+        balancer.gamma = 1.0
+    assert set(balancer.defaults) == {"beta", "weight_lr"}
+    balancer.weight_lr = 0.5  # the rule's own still go through
+    assert balancer.weight_lr == 0.5
+
+
+def test_simplex_tolerance_is_64_n_ulps_of_the_state_dtype():
+    """Initial weights may miss the simplex by max(1e-6, 64 N eps(dtype)): for N = 2 in float32
+    that is exactly 2^-16 (accepted), and 2^-16 + 2^-23 is refused; float64 allows 1e-6."""
+    edge = 2.0**-16
+    AdaptiveLossBalancer(2, initial_weights=[0.5, 0.5 + edge], dtype=torch.float32)
+    with pytest.raises(ValueError, match="simplex"):
+        AdaptiveLossBalancer(2, initial_weights=[0.5, 0.5 + edge + 2.0**-23], dtype=torch.float32)
+    AdaptiveLossBalancer(2, initial_weights=[0.5, 0.5 + 0.9e-6])
+    with pytest.raises(ValueError, match="simplex"):
+        AdaptiveLossBalancer(2, initial_weights=[0.5, 0.5 + 1.1e-6])
+    with pytest.raises(ValueError, match="simplex"):
+        AdaptiveLossBalancer(2, initial_weights=[0.5, 0.5 - 1.1e-6])  # below 1 too

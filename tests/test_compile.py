@@ -10,6 +10,7 @@ one ``step`` launches are counted.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch._dynamo as dynamo
@@ -190,3 +191,28 @@ def test_kernel_launches_per_step_are_counted():
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
     print(f"kernels launched by one step (N = 3): {len(kernels)}")
     assert 0 < len(kernels) < 80
+
+
+@cuda
+@pytest.mark.parametrize("history_size", [3, None])
+def test_history_on_cuda_reads_back_what_the_cpu_records(history_size):
+    """The history of device steps on CUDA (in the ring, or in the unbounded list) reads back
+    to the host as the same rows as on the CPU, also after a host step moves the rows out of
+    the ring: the ring is allocated on the losses' device and copied to the host to be read."""
+    rows = [(2.0, 3.0), (1.0, 2.5), (0.5, 2.0), (0.25, 1.0)]
+    histories = []
+    for device in ("cpu", "cuda"):
+        weighting = AdaptiveLossBalancer(2, weight_lr=0.3, history_size=history_size)
+        weighting.supports_host = False
+        for row in rows:
+            weighting.step([torch.tensor(v, dtype=torch.float64, device=device) for v in row])
+        histories.append(weighting.history())
+        weighting.supports_host = True
+        weighting.step([0.125, 1.0])  # a host step after device rows
+        histories.append(weighting.history())
+    for cpu, gpu in ((histories[0], histories[2]), (histories[1], histories[3])):
+        np.testing.assert_array_equal(gpu["step"], cpu["step"])
+        np.testing.assert_array_equal(gpu["applied"], cpu["applied"])
+        for key in ("losses", "relative_losses", "weights"):
+            assert gpu[key].dtype == np.float64
+            np.testing.assert_allclose(gpu[key], cpu[key], rtol=1e-12, atol=0)

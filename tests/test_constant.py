@@ -67,3 +67,17 @@ def test_weights_need_not_sum_to_one_but_must_be_finite_and_non_negative():
     ConstantWeights(2, weights=[1.0, 6.0])
     with pytest.raises(ValueError, match="non-negative"):
         ConstantWeights(2, weights=[1.0, -6.0])
+
+
+@pytest.mark.parametrize("path", ["host", "device"])
+def test_float32_state(path):
+    """``dtype`` reaches the state: weights, references and relative losses in float32."""
+    weighting = ConstantWeights(2, weights=[1.0, 6.0], dtype=torch.float32)
+    weighting.supports_host = path == "host"
+    weighting.step([torch.tensor(3.0), torch.tensor(1.0)])
+    weighting.step([torch.tensor(1.0), torch.tensor(1.0)])
+    for value in (weighting.weights, weighting.initial_losses, weighting.relative_losses):
+        assert value.dtype == torch.float32
+    # 1/3 in float32, not float64.
+    assert weighting.relative_losses[0].item() == torch.tensor(1 / 3, dtype=torch.float32).item()
+    assert ConstantWeights(2, weights=[1.0, 6.0]).weights.dtype == torch.float64

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import re
 import sys
 
 import pytest
@@ -21,6 +23,7 @@ from anl.integrations.mtard.attacks.registry import (
     DEFAULT_ATTACKS,
     TEACHERS_TABLE_ATTACKS,
     WHITE_BOX,
+    Attack,
     attack_title,
     make_attack,
     protocol,
@@ -183,12 +186,17 @@ def test_property_every_attack_stays_in_box_and_ball(seed, conv, eps, steps, n) 
 
 
 def test_frozen_parameters_stay_frozen_and_no_grad_context_is_fine() -> None:
+    """The attack differentiates with respect to the input only: frozen parameters and a
+    surrounding ``no_grad`` change neither the result nor the parameters' flags."""
     model = small_cnn()
-    model[0].weight.requires_grad_(False)
     x, y = batch(8)
+    kw = {"eps": 0.1, "step_size": 0.03, "steps": 3}
+    expected = pgd(model, x, y, generator=torch.Generator().manual_seed(0), **kw)
+    assert float((expected - x).abs().max()) > 0.05  # the attack moved the images
+    model[0].weight.requires_grad_(False)
     with torch.no_grad():
-        x_adv = pgd(model, x, y, eps=0.1, step_size=0.03, steps=3)
-    assert not torch.equal(x_adv, x)
+        x_adv = pgd(model, x, y, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(x_adv, expected)
     assert not model[0].weight.requires_grad and model[0].bias.requires_grad
     assert all(p.grad is None for p in model.parameters())
 
@@ -256,20 +264,32 @@ def test_attack_runs_in_requested_mode() -> None:
 
 
 def test_pgd_loop_never_synchronises(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A host-device sync needs .item(), .tolist(), bool(tensor) or similar: forbid them.
+    """With every host read-back forbidden the attacks still run, and give the same images."""
     model = small_cnn().eval()
     x, y = batch(8)
+    kw = {"eps": 0.1, "step_size": 0.02, "steps": 3}
+
+    def attacks() -> list[torch.Tensor]:
+        out = [
+            pgd(model, x, y, random_start=start, generator=torch.Generator().manual_seed(0), **kw)
+            for start in ("uniform", "normal", None)
+        ]
+        out.append(pgd(model, x, y, sample_seeds=torch.arange(8), **kw))
+        out.append(cw_inf(model, x, y, generator=torch.Generator().manual_seed(0), **kw))
+        return out
+
+    expected = attacks()
 
     def forbidden(*args, **kwargs):
         raise AssertionError("host-device synchronisation inside the attack")
 
     for attr in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "nonzero"):
         monkeypatch.setattr(torch.Tensor, attr, forbidden)
-    g = torch.Generator().manual_seed(0)
-    for start in ("uniform", "normal", None):
-        pgd(model, x, y, eps=0.1, step_size=0.02, steps=3, random_start=start, generator=g)
-    pgd(model, x, y, eps=0.1, step_size=0.02, steps=3, sample_seeds=torch.arange(8))
-    cw_inf(model, x, y, eps=0.1, step_size=0.02, steps=3, generator=g)
+    got = attacks()
+    monkeypatch.undo()
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
+        assert float((a - x).abs().max()) > 0.0
 
 
 def test_start_clamping_and_start_kinds() -> None:
@@ -306,6 +326,65 @@ def test_start_clamping_and_start_kinds() -> None:
     first.clear()
     pgd(model, x, y, **kw)
     assert float((first[0] - x).std()) == pytest.approx(0.01, rel=0.05)
+
+
+def _start(attack, x: torch.Tensor) -> torch.Tensor:
+    """The random start of an attack with no step: x_adv - x (the ball and the box do not
+    bind for these images and scales)."""
+    return attack(x) - x
+
+
+@pytest.mark.parametrize("seeded", [False, True], ids=["generator", "sample_seeds"])
+def test_random_starts_have_the_requested_distribution(seeded: bool) -> None:
+    """U(-eps, eps) for "uniform" (scale eps), start_std * N(0, 1) for "normal" (scale
+    start_std), from the generator or from the per-image keyed draws alike."""
+    model = mlp()
+    x = torch.full((64, 2, 8, 8), 0.5)
+    y = torch.zeros(64, dtype=torch.long)
+    eps, std = 0.1, 0.01
+
+    def run(**kw):
+        source = (
+            {"sample_seeds": torch.arange(64)}
+            if seeded
+            else {"generator": torch.Generator().manual_seed(0)}
+        )
+        return _start(lambda xs: pgd(model, xs, y, step_size=0.0, steps=0, **kw, **source), x)
+
+    uniform = run(eps=eps, random_start="uniform")
+    assert float(uniform.abs().max()) <= eps and float(uniform.abs().max()) > 0.99 * eps
+    assert float(uniform.mean()) == pytest.approx(0.0, abs=2e-3)
+    assert float(uniform.std()) == pytest.approx(eps / 3**0.5, rel=0.03)
+    normal = run(eps=eps, random_start="normal", start_std=std, clamp_start=False)
+    assert float(normal.mean()) == pytest.approx(0.0, abs=4e-4)
+    assert float(normal.std()) == pytest.approx(std, rel=0.03)
+    # Normal, not uniform: 31.7 % beyond one standard deviation, 4.6 % beyond two.
+    assert float((normal.abs() > std).float().mean()) == pytest.approx(0.317, abs=0.02)
+    assert float((normal.abs() > 2 * std).float().mean()) == pytest.approx(0.046, abs=0.01)
+    # start_std does not scale the uniform start, nor eps the normal one.
+    assert torch.equal(run(eps=eps, random_start="uniform", start_std=0.5), uniform)
+    assert torch.equal(
+        run(eps=0.05, random_start="normal", start_std=std, clamp_start=False), normal
+    )
+
+
+def test_registry_attacks_start_from_their_protocols_distribution() -> None:
+    """PGD_SAT, PGD_TRADES and CW_inf start from U(-eps, eps) drawn per image (keyed by the
+    image's seed); a "normal" override starts from start_std * N(0, 1)."""
+    model = mlp()
+    x = torch.full((64, 2, 8, 8), 0.5)
+    y = torch.zeros(64, dtype=torch.long)
+    seeds = torch.arange(1000, 1064)
+    for name in ("pgd_sat", "pgd_trades", "cw_inf"):
+        start = _start(
+            lambda xs, n=name: ATTACKS[n](eps=0.1, steps=0)(model, xs, y, seeds=seeds), x
+        )
+        assert float(start.abs().max()) <= 0.1, name
+        assert float(start.std()) == pytest.approx(0.1 / 3**0.5, rel=0.03), name
+    attack = make_attack("pgd_trades", eps=0.1, steps=0, random_start="normal", start_std=0.01)
+    start = _start(lambda xs: attack(model, xs, y, seeds=seeds), x)
+    assert float(start.std()) == pytest.approx(0.01, rel=0.03)
+    assert float((start.abs() > 0.01).float().mean()) == pytest.approx(0.317, abs=0.02)
 
 
 def test_validation_errors_name_the_parameter() -> None:
@@ -493,6 +572,106 @@ def test_registry_errors() -> None:
         make_attack("transfer_pgd")
 
 
+def test_protocol_settings_are_the_official_ones_exactly() -> None:
+    """Every setting of the white-box protocols, as the official evaluation code has it: the
+    random start U(-eps, eps) is not clamped to the image box before the first step (the
+    official code adds the noise and clamps after each step), TRADES' PGD takes 20 steps, and
+    AutoAttack runs its standard version in batches of 500."""
+    eps = 8 / 255
+    cifar = protocol()
+    start = {"random_start": "uniform", "clamp_start": False}
+    assert cifar["pgd_sat"] == {
+        "eps": eps,
+        "steps": 20,
+        "step_size": 2 / 255,
+        "loss": "ce",
+        **start,
+    }
+    assert cifar["pgd_trades"] == {
+        "eps": eps,
+        "steps": 20,
+        "step_size": 0.003,
+        "loss": "ce",
+        **start,
+    }
+    cw = {"eps": eps, "steps": 30, "step_size": 2 / 255, "loss": "cw", "confidence": 50.0, **start}
+    assert cifar["cw_inf"] == cw
+    assert cifar["transfer_pgd"] == cifar["pgd_trades"] and cifar["transfer_cw"] == cw
+    assert cifar["autoattack"] == {"eps": eps, "version": "standard", "batch_size": 500}
+
+
+def test_registry_runs_autoattack_with_the_attack_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from anl.integrations.mtard.attacks import registry
+
+    seen: list[dict] = []
+
+    def fake(model, x, y, **kwargs):
+        seen.append(kwargs)
+        return x
+
+    monkeypatch.setattr(registry, "autoattack", fake)
+    model = mlp().eval()
+    x, y = batch(2)
+    make_attack("autoattack", eps=0.05, seed=7)(model, x, y)
+    assert seen == [{"seed": 7, "eps": 0.05, "version": "standard", "batch_size": 500}]
+
+
+def test_protocol_refuses_a_negative_budget_by_name() -> None:
+    with pytest.raises(ValueError, match=re.escape("Parameter `eps` should be")):
+        protocol(-0.1)
+    assert protocol(0.0)["fgsm"]["eps"] == 0.0
+
+
+def test_registry_passes_model_batch_settings_seed_ids_and_progress_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """FGSM and Square as the registry runs them: the model and batch, their protocol settings
+    (with overrides), and for Square the attack seed, the per-image ids and the progress flag;
+    the same images as the direct calls."""
+    from anl.integrations.mtard.attacks import registry
+
+    calls: dict[str, tuple] = {}
+
+    def spy(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(registry, "square", spy("square", registry.square))
+    monkeypatch.setattr(registry, "fgsm", spy("fgsm", registry.fgsm))
+    model = mlp().eval()
+    x, y = batch(4)
+    seeds = torch.tensor([7, 3, 9, 1])
+    out = make_attack("square", eps=0.05, seed=3, progress=True, n_queries=4)(
+        model, x, y, seeds=seeds
+    )
+    args, kwargs = calls["square"]
+    assert args[0] is model and args[1] is x and args[2] is y
+    assert kwargs.pop("seed") == 3 and kwargs.pop("progress") is True
+    assert torch.equal(kwargs.pop("sample_seeds"), seeds)
+    assert kwargs == {"eps": 0.05, "n_queries": 4, "p_init": 0.8}
+    direct = square(model, x, y, eps=0.05, n_queries=4, p_init=0.8, seed=3, sample_seeds=seeds)
+    assert torch.equal(out, direct)
+    out = make_attack("fgsm", eps=0.05)(model, x, y)
+    args, kwargs = calls["fgsm"]
+    assert args[0] is model and args[1] is x and args[2] is y and kwargs == {"eps": 0.05}
+    assert torch.equal(out, fgsm(model, x, y, eps=0.05))
+
+
+def test_a_transfer_attack_needs_a_surrogate_other_than_its_target() -> None:
+    """An Attack built without make_attack still refuses to run without a surrogate, and a
+    transfer attack on its own surrogate (a white-box attack) is refused."""
+    model = mlp().eval()
+    x, y = batch(4)
+    message = "Parameter `surrogate` should be a model for attack 'transfer_pgd'. Found `surrogate = None`."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Attack("transfer_pgd", protocol(0.05)["transfer_pgd"])(model, x, y)
+    with pytest.raises(ValueError, match="`surrogate` should be a different model from `target`"):
+        make_attack("transfer_pgd", eps=0.05, surrogate=model, steps=1)(model, x, y)
+
+
 def test_registry_attacks_are_batch_invariant_with_seeds() -> None:
     model = small_cnn().eval()
     x, y = batch(10)
@@ -529,6 +708,12 @@ def test_transfer_crafts_on_surrogate_without_querying_target() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+needs_pyautoattack = pytest.mark.skipif(
+    importlib.util.find_spec("pyautoattack") is None,
+    reason='needs pyautoattack (pip install "adaptive-normalization-loss[autoattack]")',
+)
+
+
 def _aa_setup():
     model = mlp(hidden=24, seed=5).eval()
     x, _ = batch(32, seed=5)
@@ -537,6 +722,7 @@ def _aa_setup():
     return model, x, y
 
 
+@needs_pyautoattack
 def test_autoattack_custom_is_at_least_as_strong_as_pgd() -> None:
     model, x, y = _aa_setup()
     eps = 0.02
@@ -551,6 +737,7 @@ def test_autoattack_custom_is_at_least_as_strong_as_pgd() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+@needs_pyautoattack
 def test_autoattack_standard_on_a_tiny_model() -> None:
     # At this budget PGD-20 leaves 2 of 16 points; AutoAttack breaks all before Square runs.
     model, x, y = _aa_setup()
@@ -562,6 +749,7 @@ def test_autoattack_standard_on_a_tiny_model() -> None:
     assert accuracy(model, aa_adv, y) <= accuracy(model, pgd_adv, y)
 
 
+@needs_pyautoattack
 def test_autoattack_with_few_classes_and_registry() -> None:
     # 3 classes: targeted attacks use the 2 other classes instead of crashing on 9 targets.
     model = mlp(num_classes=3, hidden=8).eval()

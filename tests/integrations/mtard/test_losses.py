@@ -149,3 +149,20 @@ def test_properties(batch: int, classes: int, seed: int, temperature: float) -> 
     assert float(kl_ard(s, t, 1.0)) == pytest.approx(
         float(kl_sum(s, t)) / (batch * classes), rel=1e-9, abs=1e-12
     )
+
+
+@pytest.mark.parametrize(
+    "fn", [kl_official, kl_sum, kl_trades, lambda s, t: kl_ard(s, t, 4.0)], ids=str
+)
+def test_softmax_over_the_classes_without_a_warning(fn) -> None:
+    """Each loss names the class dimension (an implicit softmax dimension warns) and is the
+    per-example KL: permuting the batch permutes nothing in the total, and a row whose
+    student matches its teacher adds (almost) nothing."""
+    s, t = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = float(fn(s, t))
+    assert float(fn(s.flip(0), t.flip(0))) == pytest.approx(value, rel=1e-12)
+    # A softmax over the batch (dim 0) would not be invariant to this per-row shift.
+    shift = torch.tensor([[1.0], [-2.0], [5.0]], dtype=torch.float64)
+    assert float(fn(s + shift, t - shift)) == pytest.approx(value, rel=1e-12)

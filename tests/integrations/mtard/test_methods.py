@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from anl import AdaptiveLossBalancer, ConstantWeights
 from anl.integrations.mtard.attacks.gradient import pgd
-from anl.integrations.mtard.methods.context import MethodContext
+from anl.integrations.mtard.methods.context import MethodContext, check_hyper
 from anl.integrations.mtard.methods.losses import kl_sum
 from anl.integrations.mtard.methods.registry import (
     ABLATION,
@@ -63,8 +63,13 @@ class Recorder(nn.Module):
 
 
 def batch() -> tuple[Tensor, Tensor]:
+    """Random images with saturated pixels: a black top row and a white bottom row, where a
+    random start that is not clamped to [0, 1] (MTARD's, TRADES', ARD's) leaves the box."""
     gen = torch.Generator().manual_seed(0)
-    return torch.rand(B, 1, 6, 6, generator=gen), torch.tensor([0, 1, 2, 1])
+    x = torch.rand(B, 1, 6, 6, generator=gen)
+    x[:, :, 0, :] = 0.0
+    x[:, :, -1, :] = 1.0
+    return x, torch.tensor([0, 1, 2, 1])
 
 
 def make_ctx(hyper: dict[str, Any] | None = None, seed: int = SEED) -> MethodContext:
@@ -338,10 +343,84 @@ def test_mtard_step(method: str) -> None:
     assert_common(run, method)
 
 
-def test_mtard_kl_factor_scales_both_losses() -> None:
-    one, ten = Run("mtard"), Run("mtard", {"kl_factor": 10.0})
-    for name in ("adv", "nat"):
+@pytest.mark.parametrize("method", ["mtard", "baseline_mt", "baseline", "rslad"])
+def test_kl_factor_scales_every_official_kl(method: str) -> None:
+    one, ten = Run(method), Run(method, {"kl_factor": 10.0})
+    for name in METHODS[method].loss_names:
         assert_same(ten.losses[name], 10 * one.losses[name])
+
+
+def test_ard_temperature_reaches_the_distillation_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """T = 30 by default (the official CIFAR-10 code), the hyperparameter otherwise."""
+    from anl.integrations.mtard.methods import steps
+
+    seen: list[float] = []
+    original = steps.kl_ard
+
+    def spy(s: Tensor, t: Tensor, temperature: float) -> Tensor:
+        seen.append(temperature)
+        return original(s, t, temperature)
+
+    monkeypatch.setattr(steps, "kl_ard", spy)
+    Run("ard")
+    Run("ard", {"temperature": 5.0})
+    assert seen == [30.0, 5.0]
+
+
+def _mode_recorder(into: list[bool]):
+    """A forward hook appending the module's ``training`` flag to ``into``."""
+    return lambda module, inputs, output: into.append(module.training)
+
+
+@pytest.mark.parametrize(
+    "method", ["sat", "trades", "ard", "rslad", "baseline", "baseline_mt", "mtard"]
+)
+def test_the_attack_runs_in_the_official_mode_whatever_mode_the_student_is_in(method: str) -> None:
+    """A training loop leaves the student in train mode between steps: the eval-mode attacks
+    must still attack in eval mode (no BatchNorm update), ARD's in train mode."""
+    x, y = batch()
+    for start_in_train_mode in (True, False):
+        ctx = make_ctx()
+        ctx.student.train(start_in_train_mode)
+        modes: list[bool] = []
+        ctx.student.register_forward_hook(_mode_recorder(modes))
+        METHODS[method].loss_fn(ctx, x, y)
+        attack = modes[1 : STEPS + 1] if method == "trades" else modes[:STEPS]
+        assert attack == [method == "ard"] * STEPS, (method, start_in_train_mode)
+        assert ctx.student.training
+
+
+def test_eval_mode_attacks_run_on_the_eval_attack_model() -> None:
+    """``ctx.eval_attack_model(x)`` gives the module an eval-mode attack runs on (the folded
+    view of the student in training); it is called with the clean batch, once per attack,
+    and never for ARD's train-mode attack."""
+    x, y = batch()
+    for method in ("sat", "trades", "rslad", "baseline", "mtard", "ard"):
+        reference = Run(method)  # the attack on the student itself
+        ctx = make_ctx()
+        calls: list[Tensor] = []
+        stand_in_forwards: list[bool] = []
+        stand_in = copy.deepcopy(ctx.student)
+        stand_in.register_forward_hook(_mode_recorder(stand_in_forwards))
+
+        def view(inp: Tensor, stand_in=stand_in, calls=calls) -> nn.Module:
+            calls.append(inp.detach().clone())
+            return stand_in
+
+        ctx.eval_attack_model = view
+        student_forwards: list[bool] = []
+        ctx.student.register_forward_hook(_mode_recorder(student_forwards))
+        losses = METHODS[method].loss_fn(ctx, x, y)
+        if method == "ard":
+            assert calls == [] and stand_in_forwards == []
+            continue
+        assert len(calls) == 1 and torch.equal(calls[0], x), method
+        assert stand_in_forwards == [False] * STEPS, method  # the attack ran on the stand-in
+        # The student itself ran in eval mode only for TRADES' clean target (not an attack).
+        assert student_forwards.count(False) == (1 if method == "trades" else 0), method
+        # The stand-in computes the student's function: the same losses.
+        for name, value in losses.items():
+            assert torch.equal(value, reference.losses[name]), (method, name)
 
 
 @pytest.mark.parametrize(
@@ -379,12 +458,22 @@ def test_baseline() -> None:
     assert_common(run, "baseline")
 
 
-def test_ablations_share_mtard_adv_loss() -> None:
-    mt, base, base_mt = Run("mtard"), Run("baseline"), Run("baseline_mt")
-    assert set(base.losses) == {"adv"}
-    assert_same(base.losses["adv"], mt.losses["adv"])
-    for name in ("adv", "nat"):
-        assert torch.equal(base_mt.losses[name], mt.losses[name])
+def test_ablation_steps_share_mtard_attack_and_adv_loss() -> None:
+    """Baseline, Baseline+MT and MTARD all attack the student alike and distil the adversarial
+    teacher on x' alike (paper Sec. 4.3): each is checked against the plain formula, not
+    against the others (two of them share a helper, so comparing them would prove nothing)."""
+    expected = None
+    for method in ("baseline", "baseline_mt", "mtard"):
+        run = Run(method)
+        x_adv = run.replay_attack(
+            run.y, loss="ce", random_start="normal", clamp_start=False, model_mode="eval"
+        )
+        t_adv = run.ctx.adv_teacher.net.eval()(x_adv)
+        value = plain_kl_official(run.train_logits(x_adv), t_adv)
+        assert_same(run.losses["adv"], value)
+        expected = value if expected is None else expected
+        assert_same(value, expected)  # the same attack and teacher for the three
+    assert set(Run("baseline").losses) == {"adv"}
 
 
 def test_generator_makes_the_step_deterministic() -> None:
@@ -399,33 +488,69 @@ def test_generator_makes_the_step_deterministic() -> None:
 # --- training over several steps: the weights ---------------------------------------------------
 
 
-def train_weights(method: str, steps: int = 4) -> list[Tensor]:
+def train(method: str, steps: int = 5) -> tuple[list[list[float]], list[list[float]], list[float]]:
+    """``steps`` training steps of ``method``: per step, the two losses (as the weighting saw
+    them), the weights after the step and the total it returned."""
     ctx = make_ctx()
     spec = METHODS[method]
     weighting = build_weighting(spec)
     opt = torch.optim.SGD(ctx.student.parameters(), lr=0.5)
     gen = torch.Generator().manual_seed(1)
-    history = []
+    losses, weights, totals = [], [], []
     for _ in range(steps):
         x = torch.rand(B, 1, 6, 6, generator=gen)
         y = torch.randint(0, C, (B,), generator=gen)
-        total = weighting.step(spec.loss_fn(ctx, x, y))
+        named = spec.loss_fn(ctx, x, y)
+        total = weighting.step(named)
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
-        history.append(torch.as_tensor(weighting.weights).clone())
-    return history
+        losses.append([float(named[name].detach()) for name in spec.loss_names])
+        weights.append(weighting.weights.tolist())
+        totals.append(float(total.detach()))
+    return losses, weights, totals
 
 
-def test_baseline_mt_weights_never_move_mtard_weights_do() -> None:
-    constant = train_weights("baseline_mt")
-    adaptive = train_weights("mtard")
-    for w in constant:
-        assert torch.equal(w.double(), torch.tensor([0.5, 0.5], dtype=torch.float64))
-    assert torch.allclose(adaptive[0].double(), torch.tensor([0.5, 0.5], dtype=torch.float64))
-    assert any(abs(float(w[0]) - 0.5) > 1e-6 for w in adaptive[1:])
-    for w in adaptive:
-        assert float(w.sum()) == pytest.approx(1.0)
+def test_mtard_weights_follow_eq_10_11_by_hand_and_baseline_mt_weights_stay_put() -> None:
+    """MTARD's weights are ANL's Eq. 10-11 with the paper's r_w = 0.025 and beta = 1, worked
+    out here from the losses of each step: the loss whose relative value L(t)/L(0) is larger
+    (the one that fell less) pulls the weights toward it. Baseline+MT keeps 0.5 / 0.5."""
+    losses, weights, totals = train("mtard")
+    (adv0, nat0), w_adv = losses[0], 0.5
+    for (adv, nat), (got_adv, got_nat), total in zip(losses, weights, totals, strict=True):
+        rel_adv, rel_nat = adv / adv0, nat / nat0
+        r_adv = rel_adv / (rel_adv + rel_nat)  # Eq. 10 with beta = 1
+        previous, w_adv = w_adv, 0.025 * r_adv + 0.975 * w_adv  # Eq. 11
+        assert got_adv == pytest.approx(w_adv, abs=1e-15)
+        assert got_nat == pytest.approx(1.0 - w_adv, abs=1e-15)
+        # The direction: w_adv moves toward r_adv, so it rises iff adv's relative loss is the
+        # larger one (while the weights are near 1/2, as here).
+        assert (got_adv > previous) == (rel_adv > rel_nat) or rel_adv == rel_nat
+        # The step's total weights the step's losses with the weights it just computed.
+        assert total == pytest.approx(got_adv * adv + got_nat * nat, rel=1e-6)
+    # In this run the adversarial loss falls less than the natural one: it gains weight.
+    assert losses[-1][0] / adv0 > losses[-1][1] / nat0
+    assert weights[-1][0] > 0.5 + 1e-4 > weights[-1][1] + 2e-4
+    losses, weights, totals = train("baseline_mt")
+    for (adv, nat), w, total in zip(losses, weights, totals, strict=True):
+        assert w == [0.5, 0.5]
+        assert total == pytest.approx(0.5 * adv + 0.5 * nat, rel=1e-6)
+
+
+def test_anl_gives_more_weight_to_the_loss_that_fell_less() -> None:
+    """The balancer MTARD builds, on losses chosen by hand: nat falls to 40 % of its first
+    value, adv to 80 % (L~ = (0.8, 0.4), r = (2/3, 1/3)): w_adv = 0.025 * 2/3 + 0.975 * 0.5."""
+    weighting = build_weighting("mtard")
+    weighting.step({"adv": torch.tensor(2.0), "nat": torch.tensor(1.0)})
+    assert weighting.weights.tolist() == [0.5, 0.5]
+    total = weighting.step({"adv": torch.tensor(1.6), "nat": torch.tensor(0.4)})
+    w_adv = 0.025 * 2 / 3 + 0.975 * 0.5
+    assert weighting.weights.tolist() == pytest.approx([w_adv, 1 - w_adv], abs=1e-15)
+    assert float(total) == pytest.approx(w_adv * 1.6 + (1 - w_adv) * 0.4, rel=1e-6)
+    swapped = build_weighting("mtard")  # the mirror image: nat fell less, nat gains
+    swapped.step({"adv": torch.tensor(2.0), "nat": torch.tensor(1.0)})
+    swapped.step({"adv": torch.tensor(0.8), "nat": torch.tensor(0.8)})
+    assert swapped.weights.tolist() == pytest.approx([1 - w_adv, w_adv], abs=1e-15)
 
 
 # --- build_weighting and the specs ----------------------------------------------------------------
@@ -499,13 +624,22 @@ def test_build_weighting_anl() -> None:
     weighting.step([1.0, 1.0])
     weighting.step([2.0, 1.0])
     assert list(weighting.weights) == pytest.approx([0.1 * 0.8 + 0.45, 0.1 * 0.2 + 0.45])
+    assert weighting.history_size == 7
     default = build_weighting(METHODS["mtard"])
-    assert default.weight_lr == pytest.approx(0.025)
+    assert default.weight_lr == 0.025 and default.beta == 1.0  # the paper's r_w and beta
+    assert build_weighting("trades", history_size=3, strict=True).history_size == 3
+    assert build_weighting("trades", strict=True).strict
 
 
 def test_build_weighting_errors() -> None:
-    with pytest.raises(ValueError, match="spec"):
+    with pytest.raises(
+        ValueError, match=re.escape("Parameter `spec` should be a MethodSpec or one of ['ard', ")
+    ):
         build_weighting("madry")
+    with pytest.raises(ValueError, match=re.escape("Found `spec = 'madry'`")):
+        build_weighting("madry")
+    with pytest.raises(ValueError, match=re.escape("hyper['kl_factor']")):
+        build_weighting("mtard", hyper={"kl_factor": -1.0})  # ANL methods check theirs too
     with pytest.raises(ValueError, match=re.escape("['beta']")):
         build_weighting("ard", hyper={"beta": 1.0})
     with pytest.raises(ValueError, match=re.escape("hyper['alpha']")):
@@ -543,7 +677,10 @@ def test_missing_teacher(method: str, role: str) -> None:
     ctx = make_ctx()
     setattr(ctx, role, None)
     x, y = batch()
-    with pytest.raises(ValueError, match=re.escape(f"`ctx.{role} = None`")):
+    message = (
+        f"`ctx.{role}` should be an nn.Module for method '{method}'. Found `ctx.{role} = None`"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
         METHODS[method].loss_fn(ctx, x, y)
 
 
@@ -553,20 +690,54 @@ def test_invalid_hyper_in_loss_fn() -> None:
         METHODS["ard"].loss_fn(make_ctx({"temperature": 0.0}), x, y)
 
 
+CONTEXT = {
+    "clean_teacher": None,
+    "adv_teacher": None,
+    "eps": 0.1,
+    "step_size": 0.01,
+    "attack_steps": 2,
+    "num_classes": 3,
+}
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("eps", -0.1), ("step_size", 0.0), ("attack_steps", -1), ("attack_steps", 2.0)],
+    [
+        ("eps", -0.1),
+        ("eps", float("inf")),
+        ("step_size", 0.0),
+        ("step_size", float("nan")),
+        ("attack_steps", -1),
+        ("attack_steps", 2.0),
+        ("attack_steps", True),
+        ("num_classes", 1),
+    ],
 )
 def test_context_validation(field: str, value: Any) -> None:
-    kwargs: dict[str, Any] = {
-        "student": TinyNet(0),
-        "clean_teacher": None,
-        "adv_teacher": None,
-        "eps": 0.1,
-        "step_size": 0.01,
-        "attack_steps": 2,
-        "num_classes": 3,
-    }
-    kwargs[field] = value
-    with pytest.raises(ValueError, match=field):
-        MethodContext(**kwargs)
+    with pytest.raises(ValueError, match=f"`{field}"):
+        MethodContext(student=TinyNet(0), **{**CONTEXT, field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("eps", 0.0), ("attack_steps", 0), ("num_classes", 2)]
+)
+def test_context_accepts_the_boundaries(field: str, value: Any) -> None:
+    """No attack (eps = 0 or no step) and two classes are valid settings."""
+    ctx = MethodContext(student=TinyNet(0), **{**CONTEXT, field: value})
+    assert getattr(ctx, field) == value
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("kl_factor", "ten"),
+        ("kl_factor", True),
+        ("alpha", "half"),
+        ("beta", None),
+        ("temperature", object()),
+    ],
+)
+def test_a_hyperparameter_that_is_not_a_number_is_a_value_error(name: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"hyper['{name}']")):
+        check_hyper(name, value)
+    assert check_hyper(name, "0.5") == 0.5  # a numeric string is a number
