@@ -50,13 +50,12 @@ from typing import Any
 from ..checks import check_int, fail
 from ..runtime.execution import torch_threads
 from ..runtime.files import atomic_write_text
-from ..runtime.optional import progress_bar
 from ..runtime.process import Ranks, agree, command_line, distributed_session, node_main_first
-from .executor import default_worker_threads, run_tasks
+from .executor import default_worker_threads
 from .plan import build_plan
 from .profile import Profile
 from .report import write_report
-from .stages import Stages
+from .stages import Stages, run_recorded
 from .tasks import DataSource
 
 logger = logging.getLogger(__name__)
@@ -134,20 +133,14 @@ def reproduce(
             plan = build_plan(
                 profile, out, stages, resume=resume, progress=progress and jobs == 1, ranks=ranks
             )
-            bar = progress_bar(
-                total=len(plan.tasks), desc="tasks", enabled=progress and ranks.main, leave=True
+            done = run_recorded(
+                plan.tasks,
+                stages,
+                jobs=jobs,
+                threads=threads,
+                desc="tasks",
+                progress=progress and ranks.main,
             )
-            try:
-                done = run_tasks(
-                    plan.tasks,
-                    jobs=jobs,
-                    threads=threads or 1,
-                    record=stages.record,
-                    on_start=stages.start,
-                    bar=bar,
-                )
-            finally:
-                bar.close()
             results = None
             if ranks.main:
                 results = write_report(

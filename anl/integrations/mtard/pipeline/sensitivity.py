@@ -37,7 +37,6 @@ from ..methods.balancers import BALANCER_NAMES, BALANCERS
 from ..methods.registry import METHODS
 from ..runtime.execution import torch_threads
 from ..runtime.files import atomic_write_text
-from ..runtime.optional import progress_bar
 from ..runtime.process import (
     agree,
     command_line,
@@ -47,10 +46,10 @@ from ..runtime.process import (
 )
 from ..training.config import TrainConfig
 from ..training.trainer import NonFiniteLossError
-from .executor import Task, default_worker_threads, run_tasks
+from .executor import Task, default_worker_threads
 from .profile import EvalSettings, Profile
 from .sensitivity_report import ATTACK, write_sensitivity_report
-from .stages import Stages, checkpoint_path
+from .stages import Stages, checkpoint_path, run_recorded
 from .tasks import (
     DataSource,
     EvalJob,
@@ -289,20 +288,14 @@ def sensitivity(
             tasks, runs = _plan(
                 profile, settings, out, seed, paths, evaluation, resume, progress and jobs == 1
             )
-            bar = progress_bar(
-                total=len(tasks), desc="settings", enabled=progress and ranks.main, leave=True
+            done = run_recorded(
+                tasks,
+                stages,
+                jobs=jobs,
+                threads=threads,
+                desc="settings",
+                progress=progress and ranks.main,
             )
-            try:
-                done = run_tasks(
-                    tasks,
-                    jobs=jobs,
-                    threads=threads or 1,
-                    record=stages.record,
-                    on_start=stages.start,
-                    bar=bar,
-                )
-            finally:
-                bar.close()
             results = None
             if ranks.main:
                 results = write_sensitivity_report(

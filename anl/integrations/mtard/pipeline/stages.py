@@ -21,11 +21,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..runtime.files import atomic_write_text
+from ..runtime.optional import progress_bar
+from .executor import Task, run_tasks
 
 # The pipeline's logger (``anl-mtard reproduce`` sets its level): stage starts and ends.
 logger = logging.getLogger("anl.integrations.mtard.pipeline")
@@ -141,3 +143,29 @@ class Stages:
         self.rows.append(row)
         if self.main:
             logger.info("stage %s: %s in %.1f s", name, row["status"], row["wall_s"])
+
+
+def run_recorded(
+    tasks: Sequence[Task],
+    stages: Stages,
+    *,
+    jobs: int,
+    threads: int | None,
+    desc: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """Run the task graph with :func:`~.executor.run_tasks` (``jobs`` workers of ``threads``
+    threads, 1 by default), each task recorded in ``stages`` as it starts and ends, under one
+    progress bar named ``desc``; returns each task's result by name."""
+    bar = progress_bar(total=len(tasks), desc=desc, enabled=progress, leave=True)
+    try:
+        return run_tasks(
+            tasks,
+            jobs=jobs,
+            threads=threads or 1,
+            record=stages.record,
+            on_start=stages.start,
+            bar=bar,
+        )
+    finally:
+        bar.close()
