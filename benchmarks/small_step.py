@@ -10,7 +10,10 @@ Two small steps where the weighting is a visible share of the time (one CPU thre
 For each, the whole step (zero_grad, forward, losses, combine, backward, SGD) is timed with
 the losses combined by a plain fixed-weight sum ``sum_i c_i L_i`` (the reference) and by
 every weighting class, interleaved in one run (each repeat rotates the order); the ratio to
-the plain sum is the cost. The plain sum is timed twice, on two copies of the model: the ratio
+the plain sum is the cost. Uncertainty weighting and IMTL-L learn a parameter, whose forward
+and backward the plain sum does not have: uncertainty weighting written inline, as its authors'
+code does (``inline uncertainty weighting``), is their reference, and its ratio to the plain
+sum is the method's own cost, not the library's. The plain sum is timed twice, on two copies of the model: the ratio
 of the second to the first is this run's noise floor.
 
 A second table times the weighting call alone on two 0-dim losses with a graph against the
@@ -58,6 +61,7 @@ STEP_TARGET = 1.05
 CALL_TARGET = 2.0
 
 Losses = Callable[[], list[torch.Tensor]]
+Combine = Callable[[list[torch.Tensor]], torch.Tensor]
 
 
 def pinn(seed: int) -> tuple[nn.Module, Losses]:
@@ -116,13 +120,19 @@ def weightings(n: int) -> dict[str, Callable[[], LossWeighting]]:
 
 
 def step_candidates(workload: str, seed: int) -> dict[str, Callable[[], Any]]:
-    """Zero-argument training steps: the plain sum first, then one per weighting class."""
+    """Zero-argument training steps: the plain sum first, then one per weighting class, and
+    the ten lines of uncertainty weighting a user would write inline (the reference for the
+    two rules that learn a parameter, whose forward and backward the plain sum does not have).
+    A weighting's own parameters are in the optimiser, as its documentation asks."""
     candidates: dict[str, Callable[[], Any]] = {}
 
-    def make(combine_factory: Callable[[], Callable[[list[torch.Tensor]], torch.Tensor]]):
+    def make(combine_factory: Callable[[], Combine]):
         model, losses = WORKLOADS[workload](seed)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
         combine = combine_factory()
+        extra = (
+            list(combine.__self__.parameters()) if isinstance(combine.__self__, nn.Module) else []
+        )
+        optimizer = torch.optim.SGD([*model.parameters(), *extra], lr=1e-3)
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
@@ -132,24 +142,40 @@ def step_candidates(workload: str, seed: int) -> dict[str, Callable[[], Any]]:
         return step
 
     n = len(WORKLOADS[workload](seed)[1]())
-    fixed = [1.0 / n] * n
-
-    def plain() -> Callable[[list[torch.Tensor]], torch.Tensor]:
-        def combine(values: list[torch.Tensor]) -> torch.Tensor:
-            total = fixed[0] * values[0]
-            for weight, value in zip(fixed[1:], values[1:], strict=True):
-                total = total + weight * value
-            return total
-
-        return combine
-
-    candidates["plain sum"] = make(plain)
+    candidates["plain sum"] = make(lambda: PlainSum(n).forward)
     # The same step again, on its own copy of the model: how far two identical steps differ
     # in this run (the noise floor any ratio below should be read against).
-    candidates["plain sum, again"] = make(plain)
+    candidates["plain sum, again"] = make(lambda: PlainSum(n).forward)
+    candidates["inline uncertainty weighting"] = make(lambda: InlineUncertainty(n).forward)
     for name, build in weightings(n).items():
         candidates[name] = make(lambda build=build: build().step)
     return candidates
+
+
+class PlainSum(nn.Module):
+    """The reference: ``sum_i L_i / N`` with fixed weights, as a user writes it."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.fixed = [1.0 / n] * n
+
+    def forward(self, values: list[torch.Tensor]) -> torch.Tensor:
+        total = self.fixed[0] * values[0]
+        for weight, value in zip(self.fixed[1:], values[1:], strict=True):
+            total = total + weight * value
+        return total
+
+
+class InlineUncertainty(nn.Module):
+    """Uncertainty weighting as its authors' code writes it (float32 log-variances ``s``):
+    ``sum_i exp(-s_i) L_i + s_i``, the total of ``UncertaintyWeighting``'s default."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.log_vars = nn.Parameter(torch.zeros(n))
+
+    def forward(self, values: list[torch.Tensor]) -> torch.Tensor:
+        return (torch.exp(-self.log_vars) * torch.stack(values)).sum() + self.log_vars.sum()
 
 
 def call_candidates() -> dict[str, Callable[[], Any]]:

@@ -48,6 +48,12 @@ def masked_softmax(logits: Vector, share: Mask) -> Vector:
     """
     if isinstance(logits, Tensor):
         return _masked_softmax_tensor(logits, share)
+    if share is None:  # every loss takes part and the logits are finite: the common case
+        top = max(logits)
+        if -math.inf < top < math.inf:
+            exps = [math.exp(x - top) for x in logits]
+            total = sum(exps)
+            return [e / total for e in exps]
     n = len(logits)
     members = [i for i in range(n) if share is None or share[i]]
     out = [0.0] * n

@@ -185,16 +185,24 @@ class LearnedScales(LossWeighting, nn.Module):
                 _scaled_exp(a, self.sign * v) * loss - self.sign * b * v
                 for a, b, v, loss in zip(scale, bias, s, losses, strict=True)
             )
+        # As few operations as the formula allows (each is a kernel and an autograd node,
+        # which dominate a small step: benchmarks/small_step.py): one stack, one exp, two dot
+        # products, one subtraction; the casts only where a dtype differs.
         device = losses[0].device
         dtype = functools.reduce(torch.promote_types, (x.dtype for x in losses), torch.float32)
         work = torch.promote_types(dtype, parameter.dtype)  # float64 when s is
-        values = torch.stack([loss.to(work) for loss in losses])
+        values = torch.stack(losses)  # stack promotes mixed dtypes
+        if values.dtype != work:
+            values = values.to(work)
         s = parameter if kept is None else parameter[kept]
-        s = s.to(work)
-        a = constant_vector(tuple(scale), device, work)
-        b = constant_vector(tuple(bias), device, work)
-        total = (a * torch.exp(self.sign * s) * values).sum() - self.sign * (b * s).sum()
-        return total.to(dtype)
+        if s.dtype != work:
+            s = s.to(work)
+        weights = torch.exp(s if self.sign > 0 else s.neg())
+        if any(a != 1.0 for a in scale):
+            weights = weights * constant_vector(tuple(scale), device, work)
+        bias_term = torch.dot(constant_vector(tuple(bias), device, work), s)
+        total = torch.sub(torch.dot(weights, values), bias_term, alpha=self.sign)
+        return total if total.dtype == dtype else total.to(dtype)
 
     # ------------------------------------------------------------------------ persistence
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]

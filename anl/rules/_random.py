@@ -37,6 +37,7 @@ independent NumPy version.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -70,6 +71,7 @@ def _hash_tensor(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
+@functools.lru_cache(maxsize=64)
 def seed_key(seed: int) -> int:
     """The 32-bit key of a seed in [0, 2^64)."""
     return _hash(_hash((seed & _MASK) ^ _SEED_SALT) ^ ((seed >> 32) & _MASK))
