@@ -7,14 +7,15 @@ Two small steps where the weighting is a visible share of the time (one CPU thre
 - ``multitask8``: a shared trunk (32-64, ReLU) with 8 one-output heads on 256 points, 8 MSE
   losses, SGD.
 
-For each, the whole step (zero_grad, forward, losses, combine, backward, SGD) is timed with
-the losses combined by a plain fixed-weight sum ``sum_i c_i L_i`` (the reference) and by
-every weighting class, interleaved in one run (each repeat rotates the order); the ratio to
-the plain sum is the cost. Uncertainty weighting and IMTL-L learn a parameter, whose forward
-and backward the plain sum does not have: uncertainty weighting written inline, as its authors'
-code does (``inline uncertainty weighting``), is their reference, and its ratio to the plain
-sum is the method's own cost, not the library's. The plain sum is timed twice, on two copies of the model: the ratio
-of the second to the first is this run's noise floor.
+For each, the whole step (zero_grad, forward, losses, combine, backward, SGD at learning rate
+0, :data:`LEARNING_RATE`) is timed with the losses combined by a plain fixed-weight sum
+``sum_i c_i L_i`` (the reference) and by every weighting class, interleaved in one run (each
+repeat rotates the order); the ratio to the plain sum is the cost. Uncertainty weighting and
+IMTL-L learn a parameter, whose forward and backward the plain sum does not have: uncertainty
+weighting written inline, as its authors' code does (``inline uncertainty weighting``), is
+their reference, and its ratio to the plain sum is the method's own cost, not the library's.
+The plain sum is timed twice, on two copies of the model: the ratio of the second to the first
+is this run's noise floor.
 
 A second table times the weighting call alone on two 0-dim losses with a graph against the
 official MTARD code's inline update (``.item()`` both losses, Eq. 7-9 on Python floats, then
@@ -57,6 +58,12 @@ from benchmarks.timing import (
 )
 
 NAME = "small_step"
+#: SGD's learning rate: 0, so that every candidate computes on the same parameters at every
+#: step. The optimiser still runs its whole update (``p -= 0 * grad``); with a positive rate
+#: each weighting would train its copy of the model somewhere else, and the steps would time
+#: different numbers (a trajectory into denormals or saturated units costs more per step)
+#: rather than the weighting.
+LEARNING_RATE = 0.0
 STEP_TARGET = 1.05
 CALL_TARGET = 2.0
 
@@ -132,7 +139,7 @@ def step_candidates(workload: str, seed: int) -> dict[str, Callable[[], Any]]:
         extra = (
             list(combine.__self__.parameters()) if isinstance(combine.__self__, nn.Module) else []
         )
-        optimizer = torch.optim.SGD([*model.parameters(), *extra], lr=1e-3)
+        optimizer = torch.optim.SGD([*model.parameters(), *extra], lr=LEARNING_RATE)
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
