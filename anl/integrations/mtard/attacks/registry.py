@@ -11,7 +11,7 @@ At ``eps = 8/255`` (CIFAR), in table order:
 ============  ==============================================================
 fgsm          one step of size eps
 pgd_sat       20 steps of 2/255, start ``U(-eps, eps)``, CE
-pgd_trades    20 steps of 0.003, start ``0.001 * N(0, 1)``, CE
+pgd_trades    20 steps of 0.003, start ``U(-eps, eps)``, CE
 cw_inf        30 steps of 2/255 on the CW margin (confidence 50), ``U(-eps, eps)`` start
 autoattack    AutoAttack "standard" (not in the paper)
 transfer_pgd  pgd_trades crafted on a surrogate (the adversarial teacher)
@@ -20,8 +20,9 @@ square        5000 queries, p_init 0.8
 ============  ==============================================================
 
 Other budgets (e.g. 0.1 on Fashion-MNIST) keep the step-to-budget ratios: step sizes
-``eps / 4`` (SAT, CW) and ``0.003 * eps / (8/255)`` (TRADES); the TRADES start scale 0.001
-only breaks symmetry and is kept. The paper's text gives 2/255 for PGD_TRADES; the
+``eps / 4`` (SAT, CW) and ``0.003 * eps / (8/255)`` (TRADES). Every random start is
+``U(-eps, eps)``, as in TRADES' ``_pgd_whitebox`` and MTARD's ``attack_pgd``. The paper's
+text gives 2/255 for PGD_TRADES; the
 TRADES/RSLAD evaluation code it follows uses 0.003. Random starts are not clipped to [0, 1],
 as in that code.
 
