@@ -160,12 +160,15 @@ class SoftAdapt(LossWeighting):
             return self._update_tensor(state, present, losses)
         n, order = len(losses), self.defaults["order"]
         here = _common.all_of(present, n, losses)
-        rows = [list(row) for row in state["recent_losses"]]
-        for i in range(n):
-            if here[i]:
-                for k in range(_KEPT - 1):
-                    rows[k][i] = rows[k + 1][i]
-                rows[-1][i] = losses[i]
+        if present is None:  # every loss shifts in: the rows move up as a whole
+            rows = [*state["recent_losses"][1:], list(losses)]
+        else:
+            rows = [list(row) for row in state["recent_losses"]]
+            for i in range(n):
+                if here[i]:
+                    for k in range(_KEPT - 1):
+                        rows[k][i] = rows[k + 1][i]
+                    rows[-1][i] = losses[i]
         filled = [
             min(f + 1.0, float(_KEPT)) if h else f
             for f, h in zip(state["num_recent"], here, strict=True)
