@@ -185,7 +185,7 @@ def _host_float(value: object, name: str) -> float:
     if isinstance(value, np.ndarray):
         if value.size != 1:
             raise ValueError(f"Loss `{name}` should be a scalar. Found shape {value.shape}.")
-        value = value.reshape(()).item()
+        value = value.item()  # one element, whatever the shape
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"Loss `{name}` should be a float, a NumPy scalar, a 0-dim tensor or None. "

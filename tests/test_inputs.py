@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from anl.inputs import collect_losses, parse_names
+from anl.inputs import collect_losses, constant_vector, describe, parse_names
 
 NAMES = ("adv", "nat")
 
@@ -88,3 +88,35 @@ def test_kinds_of_values_and_absence():
     assert collect_losses(torch.tensor([1.0, 2.0]), NAMES).values[1].item() == 2.0
     integer = collect_losses([torch.tensor(3), 1.0], NAMES).values[0]
     assert integer.dtype == torch.int64 and integer.shape == ()
+
+
+def test_describe_names_a_value_in_one_line_of_at_most_80_characters():
+    """What error messages print after "Found": a scalar tensor by value and dtype, any other
+    tensor by shape and dtype (a meta tensor has no value to read), other values by their
+    repr on one line, cut to 80 characters."""
+    assert describe(torch.tensor(2.5)) == "tensor(2.5, dtype=torch.float32)"
+    assert describe(torch.zeros(2, 3, dtype=torch.float64)) == (
+        "a tensor of shape (2, 3) and dtype torch.float64"
+    )
+    meta = torch.empty((), device="meta")
+    assert describe(meta) == "a tensor of shape () and dtype torch.float32"
+    assert describe(np.zeros((2, 2))) == "array([[0., 0.], [0., 0.]])"  # newlines collapsed
+    exactly = "x" * 78  # repr adds the two quotes: 80 characters, kept whole
+    assert describe(exactly) == repr(exactly)
+    longer = "x" * 79
+    assert describe(longer) == repr(longer)[:77] + "..." and len(describe(longer)) == 80
+    assert describe([1, 2], limit=5) == "[1..."
+
+
+def test_constant_vector_is_built_in_the_traced_graph_under_compile():
+    """Under torch.compile the vector is built inside the graph (no cache for Dynamo to
+    bypass); eagerly, one cached tensor per (values, device, dtype)."""
+
+    def scale(x):
+        return x * constant_vector((0.5, 2.0), x.device, x.dtype)
+
+    compiled = torch.compile(scale, backend="eager", fullgraph=True)
+    assert compiled(torch.ones(2)).tolist() == [0.5, 2.0]
+    first = constant_vector((0.5, 2.0), torch.device("cpu"), torch.float64)
+    assert first is constant_vector((0.5, 2.0), torch.device("cpu"), torch.float64)
+    assert first.tolist() == [0.5, 2.0] and first.dtype == torch.float64

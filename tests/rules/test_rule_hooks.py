@@ -57,3 +57,59 @@ def test_a_rule_can_refuse_zero_losses(path):
     plain.step([1.0, 1.0])
     plain.step([0.0, 1.0])  # a zero loss is valid by default
     assert int(plain.num_steps) == 2
+
+
+class EveryKind(LossWeighting):
+    """A rule with a state field of each kind (anl.state): float, int, bool and tensor."""
+
+    def __init__(self, n, **kwargs):
+        self.forms = []
+        super().__init__(n, {}, initial_weights=[1.0 / n] * n, **kwargs)
+
+    def _extra_state(self):
+        n = self.num_losses
+        return {
+            "total": [0.0] * n,
+            "count": 0,
+            "seen": [False] * n,
+            "generator": torch.arange(4, dtype=torch.int32),  # e.g. a generator's state
+        }
+
+    def _update(self, state, relative, present):
+        self.forms.append({key: type(value) for key, value in state.items()})
+        if isinstance(relative, torch.Tensor):
+            here = torch.ones_like(state["seen"]) if present is None else present
+            total, seen = state["total"] + relative, state["seen"] | here
+        else:
+            here = [True] * len(relative) if present is None else present
+            total = [t + r for t, r in zip(state["total"], relative, strict=True)]
+            seen = [s or h for s, h in zip(state["seen"], here, strict=True)]
+        return {
+            "weights": state["weights"],
+            "total": total,
+            "count": state["count"] + 1,
+            "seen": seen,
+            "generator": state["generator"] + 1,
+        }
+
+
+def test_update_sees_the_host_form_on_the_host_path_after_device_steps():
+    """Every field comes back to its host form when the steps return to the host (after
+    device steps: here the tensor path forced on the CPU), a tensor field as a CPU tensor."""
+    rule = EveryKind(2)
+    rule.supports_host = False
+    rule.step([torch.tensor(2.0), torch.tensor(4.0)])
+    rule.step([torch.tensor(1.0), torch.tensor(2.0)])
+    rule.supports_host = True
+    total = rule.step([0.5, 1.0])  # numbers only: a float, computed on host-form weights
+    assert type(total) is float and total == pytest.approx(0.75)
+    device, host = rule.forms[1], rule.forms[2]
+    assert set(device.values()) == {torch.Tensor}
+    assert host["weights"] is list and host["total"] is list and host["seen"] is list
+    assert host["count"] is int and host["num_steps"] is int
+    assert host["generator"] is torch.Tensor
+    state = rule.state_dict()["state"]
+    assert state["generator"].dtype == torch.int32
+    assert state["generator"].tolist() == [3, 4, 5, 6]  # + 1 per applied step, through both forms
+    assert state["total"].tolist() == pytest.approx([1.0 + 0.5 + 0.25, 1.0 + 0.5 + 0.25])
+    assert int(state["count"]) == 3 and state["seen"].tolist() == [True, True]
