@@ -178,7 +178,7 @@ def _scalar_tensor(value: Tensor, name: str) -> Tensor:
         )
     if value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"Loss `{name}` should be real-valued. Found dtype {value.dtype}.")
-    return value if value.dim() == 0 else value.reshape(())
+    return value.reshape(())  # a 0-dim view (of itself when already 0-dim)
 
 
 def _host_float(value: object, name: str) -> float:
