@@ -113,10 +113,10 @@ def test_constant_vector_is_built_in_the_traced_graph_under_compile():
     bypass); eagerly, one cached tensor per (values, device, dtype)."""
 
     def scale(x):
-        return x * constant_vector((0.5, 2.0), x.device, x.dtype)
+        return constant_vector((0.1, 2.0), x.device, x.dtype) * x
 
     compiled = torch.compile(scale, backend="eager", fullgraph=True)
-    assert compiled(torch.ones(2)).tolist() == [0.5, 2.0]
+    assert compiled(torch.ones(2, dtype=torch.float64)).tolist() == [0.1, 2.0]  # float64's 0.1
     first = constant_vector((0.5, 2.0), torch.device("cpu"), torch.float64)
     assert first is constant_vector((0.5, 2.0), torch.device("cpu"), torch.float64)
     assert first.tolist() == [0.5, 2.0] and first.dtype == torch.float64

@@ -71,6 +71,13 @@ _HOST_ROWS_ARE_FLOATS = (
 _FLOAT_OF_EACH = "Each element goes through `float()`: the array's dtype does not matter."
 
 EQUIVALENT: dict[str, dict[str, str]] = {
+    "anl.inputs.constant_vector": {
+        "return torch.tensor(values, dtype=dtype, device=None)": (
+            "CPU only: under torch.compile the vector is built on the default device, which on "
+            "the CPU is the losses' device; on CUDA the product with a CUDA tensor fails "
+            "(tests/test_compile.py's CUDA tests, skipped without CUDA)."
+        ),
+    },
     "anl.distributed.device_mean_across_ranks": {
         "means = sums / torch.where(counts >= 0, counts, torch.ones_like(counts))": (
             "Where a count is 0 the mean is replaced by NaN on the next line whatever it was."
