@@ -273,6 +273,38 @@ def test_diagnose_brings_an_earlier_report_up_to_date_and_is_idempotent(smoke, t
     assert {p.name: p.read_text() for p in copy.iterdir()} == before
 
 
+def test_diagnose_reads_the_run_logs_where_the_results_directory_keeps_them(smoke, tmp_path):
+    """A results.json without stored epoch curves (written before they were stored), whose
+    ``run_dir`` paths are relative to another working directory: the logs are read at the
+    runs' place in the results directory, and a convergence section an earlier call wrote
+    without them is replaced by the table."""
+    from anl.integrations.mtard.pipeline.report import CONVERGENCE_HEADING, refresh_diagnostics
+
+    copy = tmp_path / "results"
+    results = json.loads((smoke / "results.json").read_text())
+    for run in results["runs"]:
+        run["train"].pop("epochs", None)
+        run["run_dir"] = "elsewhere/" + Path(run["run_dir"]).name
+        place = Path("runs") / run["student"] / run["method"] / f"seed{run['seed']}" / "logs"
+        (copy / place).mkdir(parents=True)
+        shutil.copy(smoke / place / "epochs.csv", copy / place / "epochs.csv")
+    (copy / "results.json").write_text(json.dumps(results))
+    summary = (smoke / "summary.md").read_text()
+    start = summary.index(CONVERGENCE_HEADING)
+    end = summary.index("\n## ", start)
+    stale = (
+        f"{summary[:start]}{CONVERGENCE_HEADING}\n\nThe epoch logs were not kept.\n{summary[end:]}"
+    )
+    (copy / "summary.md").write_text(stale)
+
+    refresh_diagnostics(copy)
+    for name in ("summary.md", "diagnostics.md"):
+        text = (copy / name).read_text()
+        assert "were not kept" not in text and text.count(CONVERGENCE_HEADING) == 1
+        assert "| Method | Validation robust accuracy over the last quarter" in text
+    assert (copy / "summary.md").read_text() == summary  # as the run's own report had it
+
+
 def test_compare_puts_two_reproductions_side_by_side(smoke, tmp_path, capsys):
     """`anl-mtard compare A B`: per method, A's and B's mean ± std and B − A in points."""
     results = json.loads((smoke / "results.json").read_text())

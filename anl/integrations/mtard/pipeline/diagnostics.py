@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.files import atomic_write_text
+from .stages import run_dir
 
 __all__ = [
     "CIFAR10_PREMISE",
@@ -236,12 +237,20 @@ def premise_verdict(result: Mapping[str, Any]) -> str:
     )
 
 
-def run_convergence(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def run_convergence(
+    runs: Sequence[Mapping[str, Any]], results_dir: str | Path | None = None
+) -> dict[str, dict[str, Any]]:
     """:func:`convergence` of each run of a ``results.json`` (``"method/seed"`` keys), from
-    the epoch rows it stores (``train.epochs``) or else its run directory's log."""
+    the epoch rows it stores (``train.epochs``) or else its run directory's log: at the
+    ``run_dir`` it records, or (that path being relative to wherever ``reproduce`` ran) at
+    the run's place in ``results_dir``."""
     out = {}
     for run in runs:
         rows = run.get("train", {}).get("epochs") or read_epochs(run.get("run_dir", ""))
+        if not rows and results_dir is not None and "student" in run:
+            rows = read_epochs(
+                run_dir(Path(results_dir), run["student"], run["method"], run["seed"])
+            )
         out[f"{run['method']}/{run['seed']}"] = convergence(rows)
     return out
 
@@ -309,11 +318,11 @@ def convergence_section(
     ]
 
 
-def diagnostics_text(results: Mapping[str, Any]) -> str:
+def diagnostics_text(results: Mapping[str, Any], results_dir: str | Path | None = None) -> str:
     """``diagnostics.md`` of a results directory: its premise and convergence checks,
     recomputed from ``results.json`` (its stored evaluations and epoch curves, or the run
     directories' logs when they are still there), without retraining anything."""
-    checks = run_convergence(results.get("runs", []))
+    checks = run_convergence(results.get("runs", []), results_dir)
     labels = {m: m for m in {k.split("/")[0] for k in checks}}
     return (
         "\n".join(
@@ -345,5 +354,5 @@ def write_diagnostics(results_dir: str | Path) -> Path:
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"Could not read {str(path)!r}: {exc}") from exc
     target = directory / "diagnostics.md"
-    atomic_write_text(target, diagnostics_text(results))
+    atomic_write_text(target, diagnostics_text(results, directory))
     return target

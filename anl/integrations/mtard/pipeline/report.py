@@ -323,13 +323,15 @@ def refresh_diagnostics(out: str | Path) -> list[Path]:
     ``results.json`` (no retraining) and write them where a report of this version has them:
     ``diagnostics.md``; the premise table at the top of ``teachers.md``; in ``summary.md`` the
     premise section before the run's facts, the convergence section before the claims, and
-    the claims judged again in their light. Files already holding a section keep it as it is,
-    except the claims, which are always judged again. Returns the files written.
+    the claims judged again in their light. A premise section already there is kept as it is
+    (the evaluations it is computed from do not change); the convergence section and the
+    claims are always computed again (a run's logs may be found that were not before).
+    Returns the files written.
     """
     out = Path(out)
     results = read_json_object(out / "results.json")
     premise_check = premise(results)
-    checks = run_convergence(results.get("runs") or [])
+    checks = run_convergence(results.get("runs") or [], out)
     written = [write_diagnostics(out)]
     teachers_md = out / "teachers.md"
     if teachers_md.is_file():
@@ -375,7 +377,10 @@ def _refreshed_summary(
         lines = [*lines[:start], CLAIMS_HEADING, "", *claims, *([""] if tail else []), *tail]
     else:
         lines += ["", CLAIMS_HEADING, "", *claims]
-    if CONVERGENCE_HEADING not in lines:
-        at = lines.index(CLAIMS_HEADING)
-        lines[at:at] = [CONVERGENCE_HEADING, "", *convergence, ""]
+    if CONVERGENCE_HEADING in lines:  # recomputed too: the run logs may be found now
+        start = lines.index(CONVERGENCE_HEADING)
+        end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("## "))
+        del lines[start:end]
+    at = lines.index(CLAIMS_HEADING)
+    lines[at:at] = [CONVERGENCE_HEADING, "", *convergence, ""]
     return "\n".join(lines) + "\n"
