@@ -19,9 +19,9 @@ transfer_cw   cw_inf crafted on a surrogate
 square        5000 queries, p_init 0.8
 ============  ==============================================================
 
-Other budgets (e.g. 0.1 on Fashion-MNIST) keep the step-to-budget ratios: step sizes ``eps /
-4`` (SAT, CW) and ``0.003 * eps / (8/255)`` (TRADES). Every random start is ``U(-eps, eps)``,
-as in TRADES' ``_pgd_whitebox`` and MTARD's ``attack_pgd``. The paper's text gives 2/255 for
+Other budgets (e.g. 0.1 on Fashion-MNIST) keep the step-to-budget ratios: step sizes
+``eps / 4`` (SAT, CW) and ``0.003 * eps / (8/255)`` (TRADES). Every random start is
+``U(-eps, eps)``, as in TRADES' ``_pgd_whitebox`` and MTARD's ``attack_pgd``. The paper's text gives 2/255 for
 PGD_TRADES; the TRADES/RSLAD evaluation code it follows uses 0.003. Random starts are not
 clipped to [0, 1], as in that code.
 
