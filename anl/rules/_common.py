@@ -45,6 +45,10 @@ def masked_softmax(logits: Vector, share: Mask) -> Vector:
         [0.25, 0.75, 0.0]
         >>> masked_softmax([math.inf, 1.0, math.inf], None)
         [0.5, 0.0, 0.5]
+        >>> masked_softmax([-math.inf, -math.inf, 0.0], [True, True, False])
+        [0.5, 0.5, 0.0]
+        >>> masked_softmax([-math.inf, -math.inf], None)
+        [0.5, 0.5]
     """
     if isinstance(logits, Tensor):
         return _masked_softmax_tensor(logits, share)
