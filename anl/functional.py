@@ -165,7 +165,9 @@ def anl_weights(
         else:  # all-zero present losses: uniform over the present ones
             uniform = mask.to(relative.dtype) / n_present.clamp(min=1).to(relative.dtype)
             target = torch.where((masked > 0).any(), target, uniform)
-        mass = torch.where(mask, previous, torch.zeros_like(previous)).sum()
+        held = torch.where(mask, previous, torch.zeros_like(previous)).sum()
+        # Every loss present: exactly Eq. 8-9 (M = 1), as the list form, not M = sum(w).
+        mass = torch.where(mask.all(), torch.ones_like(held), held)
         updated = moving_average(mass * target, previous, weight_lr)
         return torch.where(mask, updated, previous)
     indices = [i for i, here in enumerate(present) if here]

@@ -98,6 +98,25 @@ def test_absent_with_beta_zero_and_all_zero_present_losses(form):
 
 
 @pytest.mark.parametrize("form", [list, _t])
+def test_one_present_loss_with_beta_zero_takes_all_the_weight_it_held(form):
+    """Uniform over the present losses is 1 for a single present loss, whatever N is."""
+    got = F.anl_weights(
+        form([3.0, 0.5, 1.0]), form([0.2, 0.2, 0.6]), beta=0.0, weight_lr=0.5, present=[0, 1, 0]
+    )
+    np.testing.assert_allclose(list(got), [0.2, 0.5 * 0.2 + 0.5 * 0.2, 0.6], rtol=1e-15)
+
+
+@pytest.mark.parametrize("form", [list, _t])
+def test_every_loss_marked_present_is_exactly_eq8_and_eq9(form):
+    """``present`` all True is ``present=None``: Eq. 8-9 exactly, even for weights that do not
+    add up to 1 (the shared mass M enters only when a loss is absent)."""
+    relative, previous = form([0.75, 0.5]), form([0.25, 0.25])
+    marked = F.anl_weights(relative, previous, beta=1.0, weight_lr=0.5, present=[True, True])
+    plain = F.anl_weights(relative, previous, beta=1.0, weight_lr=0.5)
+    assert list(marked) == list(plain) == pytest.approx([0.5 * 0.6 + 0.125, 0.5 * 0.4 + 0.125])
+
+
+@pytest.mark.parametrize("form", [list, _t])
 def test_nothing_present_changes_nothing(form):
     got = F.anl_weights(form([1.0, 2.0]), form([0.3, 0.7]), beta=1.0, weight_lr=0.5, present=[0, 0])
     assert list(got) == [0.3, 0.7]
