@@ -381,13 +381,12 @@ class LossWeighting:
         initial = state["initial_losses"]
         if present is None and self._all_referenced:  # the steady state, checked in one pass
             relative = [v / r for v, r in zip(values, initial, strict=True)]
-            # A NaN makes the sums NaN, an inf makes them inf; a sum can also overflow from
-            # finite terms, so anything but a finite sum gets the exact check.
+            # A NaN or infinite loss makes the sum of the relative losses NaN or inf (every
+            # L(0) is finite and positive); the sum can also overflow from finite terms, so
+            # anything but a finite sum gets the exact check.
             smallest = min(values)
-            quick = (
-                sum(values) < math.inf
-                and sum(relative) < math.inf
-                and (smallest > 0.0 if self.requires_positive_losses else smallest >= 0.0)
+            quick = sum(relative) < math.inf and (
+                smallest > 0.0 if self.requires_positive_losses else smallest >= 0.0
             )
             error = None if quick else self._host_invalid(state, values, (True,) * len(values))
         else:

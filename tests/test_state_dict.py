@@ -103,6 +103,31 @@ def test_absent_losses_and_references_survive_a_resume():
     assert resumed.initial_losses.tolist() == [2.0, 4.0]
 
 
+def test_a_state_whose_only_call_was_masked_resumes_as_called():
+    """A first call whose losses were masked still counts as a call: ``initial_losses`` reads
+    0 (not None) before and after a resume, and the history keeps that masked row."""
+    balancer = AdaptiveLossBalancer(2)
+    balancer.step([torch.tensor(math.nan), torch.tensor(1.0)])  # masked
+    assert int(balancer.num_steps) == 0 and int(balancer.num_skipped) == 1
+    resumed = AdaptiveLossBalancer(2)
+    resumed.load_state_dict(roundtrip(balancer.state_dict()))
+    for b in (balancer, resumed):
+        assert b.initial_losses is not None and b.initial_losses.tolist() == [0.0, 0.0]
+        assert b.history()["applied"].tolist() == [False]
+
+
+def test_a_saved_history_size_is_accepted_and_this_objects_is_kept():
+    """A state dict that carries ``history_size`` among its hyperparameters (0.1 saved it)
+    loads, and the balancer keeps its own ``history_size``."""
+    balancer = AdaptiveLossBalancer(2, history_size=5)
+    balancer.step([2.0, 1.0])
+    saved = balancer.state_dict()
+    saved["hyperparameters"]["history_size"] = 1
+    resumed = AdaptiveLossBalancer(2, history_size=5)
+    resumed.load_state_dict(saved)
+    assert resumed.history_size == 5 and resumed.weights.tolist() == balancer.weights.tolist()
+
+
 def test_constant_weights_resume_their_weights_and_strictness():
     saved = ConstantWeights(["a", "b"], weights=[1.0, 6.0], strict=True)
     saved.weights = [2.0, 3.0]

@@ -71,6 +71,13 @@ _HOST_ROWS_ARE_FLOATS = (
 _FLOAT_OF_EACH = "Each element goes through `float()`: the array's dtype does not matter."
 
 EQUIVALENT: dict[str, dict[str, str]] = {
+    "anl.weighting.LossWeighting._step_on_host": {
+        "smallest > 0.0 if self.requires_positive_losses else smallest > 0.0": (
+            "The one-pass check only decides whether the exact check (`_host_invalid`) runs; "
+            "a stricter one sends zero losses to the exact check, which accepts them: the "
+            "same result, one pass slower."
+        ),
+    },
     "anl.inputs.constant_vector": {
         "return torch.tensor(values, dtype=dtype, device=None)": (
             "CPU only: under torch.compile the vector is built on the default device, which on "
