@@ -70,7 +70,10 @@ class SoftAdapt(LossWeighting):
     - **No** :math:`\varepsilon` in the denominators (the package adds 1e-8): the softmax is
       taken after subtracting the largest logit, and its 0/0 limits are made explicit (all
       :math:`f_i = 0`: uniform). Rates of change are computed on the losses divided by their
-      largest magnitude and scaled back, so huge losses cannot turn them into NaN.
+      largest magnitude and scaled back, so huge losses cannot turn them into NaN, and as
+      :math:`s = \sum_{k \ge 1} c_k (L(t-k) - L(t))` (the same sum, since
+      :math:`\sum_k c_k = 0`), so that a loss that did not change has a rate of exactly 0
+      instead of rounding noise, which the normalisation would blow up to :math:`\pm 1`.
     - The rates use the raw losses, so SoftAdapt is *not* scale-free (as in the paper): a
       loss measured in other units gets another weight.
 
@@ -177,8 +180,12 @@ class SoftAdapt(LossWeighting):
         stencil = [rows[-1 - k] for k in range(order + 1)]  # L(t), L(t-1), ...
         scale = max((abs(row[i]) for row in stencil for i in range(n) if share[i]), default=0.0)
         scale = scale if scale > 0 else 1.0
-        slopes = [  # s / scale
-            sum(c * (row[i] / scale) for c, row in zip(STENCILS[order], stencil, strict=True))
+        newest = stencil[0]
+        slopes = [  # s / scale, as the sum of c_k (L(t-k) - L(t)): exactly 0 for a flat loss
+            sum(
+                c * ((row[i] - newest[i]) / scale)
+                for c, row in zip(STENCILS[order][1:], stencil[1:], strict=True)
+            )
             if share[i]
             else 0.0
             for i in range(n)
@@ -219,7 +226,8 @@ class SoftAdapt(LossWeighting):
         scale = torch.where(magnitude > 0, magnitude, torch.ones_like(magnitude))
         coefficients = torch.tensor(STENCILS[order], dtype=rows.dtype, device=rows.device)
         scaled = stencil / scale
-        slopes = torch.where(share, coefficients @ scaled, torch.zeros_like(losses))
+        changes = (stencil[1:] - stencil[:1]) / scale  # L(t-k) - L(t), k >= 1
+        slopes = torch.where(share, coefficients[1:] @ changes, torch.zeros_like(losses))
         if variant == "normalized":
             norm = torch.where(share, slopes.abs(), torch.zeros_like(slopes)).sum()
             safe = torch.where(norm > 0, norm, torch.ones_like(norm))

@@ -210,7 +210,7 @@ def softadapt_weights(
         )
         if share.any():
             recent = np.array([past[i][::-1][: order + 1] for i in np.flatnonzero(share)])
-            s = recent @ c
+            s = (recent[:, 1:] - recent[:, :1]) @ c[1:]  # = recent @ c, as sum(c) = 0
             if variant == "normalized":
                 norm = np.abs(s).sum()
                 s = s / norm if norm > 0 else np.zeros_like(s)

@@ -76,6 +76,19 @@ def test_hand_computed_weights(path, kwargs, trajectory, expected):
     np.testing.assert_allclose(weights[-1], expected, atol=tolerance)
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("order", sorted(STENCILS))
+@pytest.mark.parametrize("variant", ["original", "normalized", "loss_weighted"])
+def test_flat_losses_have_a_rate_of_exactly_zero(path, order, variant):
+    """Losses that did not change have rate 0 exactly, not rounding noise that the normalised
+    variant would blow up to +-1 (2 x 11/6 - 3 x 2 + ... is not 0 in floating point)."""
+    softadapt = make(SoftAdapt, path, 3, order=order, variant=variant)
+    weights = run(softadapt, path, [[2.0, 1.0, 3.0]] * (order + 2))
+    expected = [1 / 3] * 3 if variant != "loss_weighted" else [2 / 6, 1 / 6, 3 / 6]
+    tolerance = 1e-6 if path == "float32" else 1e-15
+    np.testing.assert_allclose(weights[-1], expected, atol=tolerance)
+
+
 def test_the_stencils_are_the_backward_differences():
     for order, coefficients in STENCILS.items():
         np.testing.assert_allclose(coefficients, oracles.backward_difference(order), atol=1e-13)
