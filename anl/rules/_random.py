@@ -71,10 +71,19 @@ def _hash_tensor(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
-@functools.lru_cache(maxsize=64)
 def seed_key(seed: int) -> int:
-    """The 32-bit key of a seed in [0, 2^64)."""
+    """The 32-bit key of a seed in [0, 2^64) (computed once per seed, except under
+    ``torch.compile``, which traces the two hashes instead of a cache it would bypass)."""
+    if torch.compiler.is_compiling():
+        return _seed_key(seed)
+    return _cached_seed_key(seed)
+
+
+def _seed_key(seed: int) -> int:
     return _hash(_hash((seed & _MASK) ^ _SEED_SALT) ^ ((seed >> 32) & _MASK))
+
+
+_cached_seed_key = functools.lru_cache(maxsize=64)(_seed_key)
 
 
 def step_key(seed: int, counter: int | Tensor) -> int | Tensor:
