@@ -277,6 +277,7 @@ class LossWeighting:
         loss's autograd graph; for numbers only it is a Python float.
         """
         batch = collect_losses(losses, self._names)
+        self._check_batch(batch)
         if self._runs_on_host(batch):
             weights = self._step_on_host(batch)
         else:
@@ -289,7 +290,13 @@ class LossWeighting:
         For gradient accumulation: call :meth:`step` on one micro-batch and ``combine`` on the
         others, or ``combine`` on every micro-batch and :meth:`step` once on their mean.
         """
-        return self._total(self._state["weights"], collect_losses(losses, self._names))
+        batch = collect_losses(losses, self._names)
+        self._check_batch(batch)
+        return self._total(self._state["weights"], batch)
+
+    def _check_batch(self, batch: LossBatch) -> None:
+        """Rule-specific check of a collected batch, before anything changes (raise
+        ``ValueError``); the base accepts every batch that :func:`collect_losses` returns."""
 
     def _total(self, weights: functional.Vector, batch: LossBatch) -> Tensor | float:
         if isinstance(weights, Tensor) and batch.device is not None:

@@ -124,6 +124,16 @@ def shared_softmax(logits: Vector, previous: Vector, share: Mask, full: float) -
     return [mass * q if s else w for q, w, s in zip(p, previous, share, strict=True)]
 
 
+def stacked_losses(losses: Sequence[Tensor]) -> Tensor:
+    """The 0-dim losses as one 1-D tensor of their promoted dtype, float32 at least (so that
+    narrower losses give a float32 total); one ``stack`` where the dtypes allow it."""
+    values = torch.stack(losses)  # stack promotes mixed dtypes
+    return values if values.dtype in _TOTAL_DTYPES else values.float()
+
+
+_TOTAL_DTYPES = (torch.float32, torch.float64)
+
+
 def check_sum(weights: list[float], name: str, total: float, tolerance: float = 1e-6) -> None:
     """``ValueError`` unless the weights add up to ``total`` (relative ``tolerance``)."""
     found = math.fsum(weights)

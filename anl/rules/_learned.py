@@ -33,7 +33,6 @@ The two ``state_dict`` methods are reconciled as follows:
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -44,7 +43,8 @@ import torch
 from torch import Tensor, nn
 
 from anl import functional
-from anl.inputs import Losses, constant_vector, describe, parse_names
+from anl.inputs import LossBatch, Losses, constant_vector, describe, parse_names
+from anl.rules._common import stacked_losses
 from anl.state import split_state_dict
 from anl.weighting import LossWeighting
 
@@ -100,9 +100,16 @@ class LearnedScales(LossWeighting, nn.Module):
         self.register_parameter(self.parameter_name, nn.Parameter(torch.tensor(start, dtype=dtype)))
 
     # ------------------------------------------------------------------------ the rule
-    def _coefficients(self) -> tuple[list[float], list[float]]:
-        """:math:`(a_i)` and :math:`(b_i)` from the current hyperparameters."""
-        return self._coefficients_of(self.defaults, self.num_losses)
+    def _coefficients(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """:math:`(a_i)` and :math:`(b_i)` from the current hyperparameters (computed again
+        only when a hyperparameter changed: the step calls this twice)."""
+        key = tuple(tuple(v) if isinstance(v, list) else v for v in self.defaults.values())
+        cached = self.__dict__.get("_coefficients_cache")
+        if cached is None or cached[0] != key:
+            scale, bias = self._coefficients_of(self.defaults, self.num_losses)
+            cached = (key, (tuple(scale), tuple(bias)))
+            self.__dict__["_coefficients_cache"] = cached
+        return cached[1]
 
     @classmethod
     def _coefficients_of(
@@ -118,32 +125,13 @@ class LearnedScales(LossWeighting, nn.Module):
         """:meth:`step`, so that ``weighting(losses)`` works inside a model's ``forward``."""
         return self.step(losses)
 
-    def step(self, losses: Losses) -> Tensor | float:
-        """As :meth:`anl.LossWeighting.step`; the total's gradient also reaches the parameter."""
-        self._check_device(losses)
-        return super().step(losses)
-
-    def combine(self, losses: Losses) -> Tensor | float:
-        """As :meth:`anl.LossWeighting.combine`, with the current parameter."""
-        self._check_device(losses)
-        return super().combine(losses)
-
-    def _check_device(self, losses: Losses) -> None:
+    def _check_batch(self, batch: LossBatch) -> None:
         """Refuse, before anything changes, tensor losses on another device than ``s``."""
-        if isinstance(losses, Tensor):
-            values: Any = [losses]
-        elif isinstance(losses, Mapping):
-            values = losses.values()
-        elif isinstance(losses, (list, tuple)):
-            values = losses
-        else:
-            return  # not a valid input: step's own checks say why
-        device = next((v.device for v in values if isinstance(v, Tensor)), None)
-        parameter = self._parameter
-        if device is not None and parameter.device != device:
+        parameter = self._parameters[self.parameter_name]
+        if batch.device is not None and parameter.device != batch.device:
             raise ValueError(
                 f"Parameter `{self.parameter_name}` should be on the losses' device. Found it on "
-                f"{parameter.device} and the losses on {device}: move the weighting with "
+                f"{parameter.device} and the losses on {batch.device}: move the weighting with "
                 "`.to(device)` before building the optimiser, or make it a submodule of the model."
             )
 
@@ -155,16 +143,15 @@ class LearnedScales(LossWeighting, nn.Module):
     ) -> dict[str, Any]:
         # The weights are a function of the parameter alone: a_i e^{sign s_i} as applied now.
         scale, _ = self._coefficients()
-        s = self._parameter.detach()
+        s = self._parameters[self.parameter_name].detach()
         if isinstance(relative, Tensor):
             s = s.to(device=relative.device, dtype=relative.dtype)
-            a = constant_vector(tuple(scale), relative.device, relative.dtype)
+            a = constant_vector(scale, relative.device, relative.dtype)
             weights = a * torch.exp(self.sign * s)
             return {"weights": weights.clamp(max=torch.finfo(relative.dtype).max)}
+        sign = self.sign
         return {
-            "weights": [
-                _scaled_exp(a, self.sign * v) for a, v in zip(scale, s.tolist(), strict=True)
-            ]
+            "weights": [_scaled_exp(a, sign * v) for a, v in zip(scale, s.tolist(), strict=True)]
         }
 
     def _combine(
@@ -174,9 +161,9 @@ class LearnedScales(LossWeighting, nn.Module):
         kept: list[int] | None,
     ) -> Tensor | float:
         scale, bias = self._coefficients()
-        parameter = self._parameter
+        parameter = self._parameters[self.parameter_name]
         if kept is not None:
-            scale, bias = [scale[i] for i in kept], [bias[i] for i in kept]
+            scale, bias = tuple(scale[i] for i in kept), tuple(bias[i] for i in kept)
         if not isinstance(losses[0], Tensor):  # numbers only: a float, for logging
             s = parameter.detach().cpu().tolist()
             if kept is not None:
@@ -186,21 +173,25 @@ class LearnedScales(LossWeighting, nn.Module):
                 for a, b, v, loss in zip(scale, bias, s, losses, strict=True)
             )
         # As few operations as the formula allows (each is a kernel and an autograd node,
-        # which dominate a small step: benchmarks/small_step.py): one stack, one exp, two dot
-        # products, one subtraction; the casts only where a dtype differs.
-        device = losses[0].device
-        dtype = functools.reduce(torch.promote_types, (x.dtype for x in losses), torch.float32)
+        # which dominate a small step: benchmarks/small_step.py): one stack, one exp, a dot
+        # product, a sum or a second dot product, one subtraction; the casts only where a
+        # dtype differs.
+        values = stacked_losses(losses)
+        dtype = values.dtype
         work = torch.promote_types(dtype, parameter.dtype)  # float64 when s is
-        values = torch.stack(losses)  # stack promotes mixed dtypes
         if values.dtype != work:
             values = values.to(work)
         s = parameter if kept is None else parameter[kept]
         if s.dtype != work:
             s = s.to(work)
+        device = values.device
         weights = torch.exp(s if self.sign > 0 else s.neg())
         if any(a != 1.0 for a in scale):
-            weights = weights * constant_vector(tuple(scale), device, work)
-        bias_term = torch.dot(constant_vector(tuple(bias), device, work), s)
+            weights = weights * constant_vector(scale, device, work)
+        if all(b == 1.0 for b in bias):
+            bias_term = s.sum()
+        else:
+            bias_term = torch.dot(constant_vector(bias, device, work), s)
         total = torch.sub(torch.dot(weights, values), bias_term, alpha=self.sign)
         return total if total.dtype == dtype else total.to(dtype)
 

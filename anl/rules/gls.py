@@ -3,7 +3,6 @@ and Geometric Loss Strategy for Multi-Task Learning", CVPR Workshops 2019, Sec. 
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -145,5 +144,4 @@ class GeometricLossStrategy(LossWeighting):
             if min(losses) == 0:
                 return 0.0
             return math.exp(math.fsum(math.log(v) for v in losses) / len(losses))
-        dtype = functools.reduce(torch.promote_types, (v.dtype for v in losses), torch.float32)
-        return torch.stack([v.to(dtype) for v in losses]).log().mean().exp()
+        return _common.stacked_losses(losses).log().mean().exp()

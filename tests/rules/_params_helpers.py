@@ -423,6 +423,8 @@ def check_other_device_is_refused_first(spec):
     before = LossWeighting.state_dict(weighting)
     with pytest.raises(ValueError, match="should be on the losses' device"):
         weighting.step(tensors([1.0, 2.0]))
+    with pytest.raises(ValueError, match="should be on the losses' device"):
+        weighting.combine({"0": tensors([1.0])[0]})
     after = LossWeighting.state_dict(weighting)
     assert int(after["state"]["num_steps"]) == int(before["state"]["num_steps"]) == 1
     assert torch.equal(after["state"]["history"], before["state"]["history"])

@@ -172,6 +172,21 @@ def test_hyperparameters_come_from_the_state_dict():
     assert resumed.step([2.0, 0.5]) == pytest.approx(0.5 * 2 + 0.5)
 
 
+@pytest.mark.parametrize("path", helpers.PATHS)
+def test_the_total_follows_likelihoods_changed_after_a_step(path):
+    # The factors (a_i, b_i) are cached between steps: a loaded state dict or an edited
+    # `defaults` must reach both the weights and the total, not the factors of the first step.
+    weighting = SPEC.make(path, ["a", "b"])  # plain: (a, b) = (1, 1)
+    assert float(weighting.step(helpers.tensors([2.0, 0.5]))) == pytest.approx(2.5, rel=1e-12)
+    saved = UncertaintyWeighting(["a", "b"], likelihoods=["gaussian", "softmax"]).state_dict()
+    weighting.load_state_dict(saved)  # s = 0: w = (1/2, 1), total = 2 / 2 + 0.5
+    assert float(weighting.step(helpers.tensors([2.0, 0.5]))) == pytest.approx(1.5, rel=1e-12)
+    assert weighting.weights.tolist() == [0.5, 1.0]
+    weighting.defaults["likelihoods"][1] = "gaussian"  # edited in place: w = (1/2, 1/2)
+    assert float(weighting.step(helpers.tensors([2.0, 0.5]))) == pytest.approx(1.25, rel=1e-12)
+    assert weighting.weights.tolist() == [0.5, 0.5]
+
+
 def test_submodule_state_dict():
     helpers.check_submodule_state_dict(SPEC)
 
