@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from anl import FAMO, IMTLL, AdaptiveLossBalancer, ConstantWeights, UncertaintyWeighting
-from anl.integrations.mtard import cli
+from anl.integrations.mtard.cli import train as train_cli
 from anl.integrations.mtard.data.registry import DATASETS, ImageData
 from anl.integrations.mtard.methods.balancers import BALANCER_NAMES, BALANCERS
 from anl.integrations.mtard.methods.context import MethodContext
@@ -155,7 +155,7 @@ def test_a_profile_chooses_mtard_s_balancer():
 
 def test_train_command_takes_balancer_flags():
     parser = argparse.ArgumentParser()
-    cli.add_train_command(parser.add_subparsers(dest="command"))
+    train_cli.add_train_command(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["train", "--out", "x", "--balancer", "famo", "--balancer-kwargs", '{"gamma": 0.01}']
     )

@@ -18,6 +18,7 @@ import torch
 
 from anl.integrations.mtard import cli
 from anl.integrations.mtard.attacks.registry import ATTACK_NAMES
+from anl.integrations.mtard.cli import train as train_cli
 from anl.integrations.mtard.data.registry import DATASETS
 from anl.integrations.mtard.methods.balancers import BALANCER_NAMES
 from anl.integrations.mtard.methods.registry import METHOD_ORDER
@@ -352,5 +353,5 @@ def test_train_flags_keep_their_values(tmp_path):
     args = parser.parse_args(
         [*TRAIN, "--out", "r", "--augment", "none", "--eps", "8/255", "--val-seed", "none"]
     )
-    config = cli.train_config(args, tmp_path / "r")
+    config = train_cli.train_config(args, tmp_path / "r")
     assert config.augment == "none" and config.eps == 8 / 255 and config.val_seed is None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from anl.integrations.mtard import cli
+from anl.integrations.mtard.cli import train as train_cli
 from anl.integrations.mtard.runtime.plugins import is_import_path
 from anl.integrations.mtard.training.checkpoints import run_paths
 
@@ -84,7 +85,7 @@ def test_a_documented_command_parses(argv, capsys):
     assert callable(args.func)
     user_modules = any(is_import_path(word) for word in argv)  # examples: not importable here
     if args.command == "train" and "..." not in argv and not args.resume and not user_modules:
-        cli.train_config(args, Path(args.out))
+        train_cli.train_config(args, Path(args.out))
     with pytest.raises(SystemExit) as exit:
         parser.parse_args([argv[0], "--help"])
     assert exit.value.code == 0 and "usage: anl-mtard" in capsys.readouterr().out

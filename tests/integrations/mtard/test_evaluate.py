@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from anl.integrations.mtard import cli
 from anl.integrations.mtard.attacks.registry import DEFAULT_ATTACKS
+from anl.integrations.mtard.cli import evaluate as evaluate_cli
 from anl.integrations.mtard.data.registry import DATASETS, ImageData
 from anl.integrations.mtard.evaluation.counting import w_robust
 from anl.integrations.mtard.evaluation.robustness import evaluate
@@ -310,7 +310,7 @@ def test_write_results_round_trip(tmp_path: Path) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anl-mtard")
-    cli.add_evaluate_command(parser.add_subparsers(dest="command", required=True))
+    evaluate_cli.add_evaluate_command(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
@@ -356,12 +356,12 @@ def test_cli_runs_end_to_end(
         loaded.append(str(path))
         return small_cnn(size=28, seed=len(loaded)).eval()
 
-    monkeypatch.setattr(cli, "load_model", load_model)
-    monkeypatch.setattr(cli, "load_teacher", None)
+    monkeypatch.setattr(evaluate_cli, "load_model", load_model)
+    monkeypatch.setattr(evaluate_cli, "load_teacher", None)
     monkeypatch.setattr(
-        cli, "safe_load", lambda path, map_location="cpu": {"dataset": "fashion_mnist"}
+        evaluate_cli, "safe_load", lambda path, map_location="cpu": {"dataset": "fashion_mnist"}
     )
-    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: data)
+    monkeypatch.setattr(evaluate_cli, "load_dataset", lambda *a, **k: data)
     ckpt = tmp_path / "student.pt"
     args = _parser().parse_args(
         ["evaluate", str(ckpt), "--surrogate", str(tmp_path / "teacher.pt"), "--n-examples",
@@ -412,7 +412,7 @@ def test_cli_with_a_real_checkpoint(
         torch.randint(0, 10, (10,), generator=g),
         info,
     )
-    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: data)
+    monkeypatch.setattr(evaluate_cli, "load_dataset", lambda *a, **k: data)
     torch.manual_seed(0)
     model = build_model("small_cnn", num_classes=10, in_channels=1)
     ckpt = tmp_path / "sat.pt"
@@ -444,7 +444,7 @@ def test_cli_labels_rows_with_the_method_the_checkpoint_records(
         torch.randint(0, 10, (6,), generator=g),
         DATASETS["fashion_mnist"],
     )
-    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: data)
+    monkeypatch.setattr(evaluate_cli, "load_dataset", lambda *a, **k: data)
     ckpt = tmp_path / "best.pt"
     save_model_checkpoint(
         ckpt, build_model("small_cnn", num_classes=10, in_channels=1), arch="small_cnn",

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from anl.integrations.mtard import cli
+from anl.integrations.mtard.cli import reproduce as reproduce_cli
 from anl.integrations.mtard.evaluation.counting import w_robust
 from anl.integrations.mtard.methods.registry import METHOD_ORDER, METHODS
 from anl.integrations.mtard.pipeline import tasks
@@ -54,7 +55,7 @@ def tiny_profile() -> dict:
 
 def run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    cli.add_reproduce_command(parser.add_subparsers(dest="command"))
+    reproduce_cli.add_reproduce_command(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["reproduce", *argv])
     return args.func(args)
 

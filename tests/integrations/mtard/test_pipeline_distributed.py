@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from anl.integrations.mtard import cli
+from anl.integrations.mtard.cli import reproduce as reproduce_cli
 from anl.integrations.mtard.pipeline import tasks
 from anl.integrations.mtard.pipeline.profile import Profile
 from anl.integrations.mtard.pipeline.reproduce import reproduce
@@ -79,7 +79,7 @@ def _worker(rank: int, tmp: str, port: int, profile_path: str) -> None:
     states: dict[str, dict[str, torch.Tensor]] = {}
     returned: list[dict] = []
     real_open, real_io_open, real_replace = builtins.open, io.open, os.replace
-    real_finish, real_reproduce = Trainer.finish, cli.reproduce
+    real_finish, real_reproduce = Trainer.finish, reproduce_cli.reproduce
 
     def recording_open(file, mode="r", *args, **kwargs):
         if isinstance(file, str | os.PathLike) and set(mode) & set("wax+"):
@@ -102,11 +102,11 @@ def _worker(rank: int, tmp: str, port: int, profile_path: str) -> None:
     builtins.open = io.open = recording_open
     os.replace = recording_replace
     Trainer.finish = finish
-    cli.reproduce = recording_reproduce
+    reproduce_cli.reproduce = recording_reproduce
     stdout = io.StringIO()
     try:
         parser = argparse.ArgumentParser()
-        cli.add_reproduce_command(parser.add_subparsers(dest="command"))
+        reproduce_cli.add_reproduce_command(parser.add_subparsers(dest="command"))
         args = parser.parse_args(
             ["reproduce", "--profile", profile_path, "--out", str(out), "--no-progress"]
         )
@@ -114,7 +114,7 @@ def _worker(rank: int, tmp: str, port: int, profile_path: str) -> None:
             code = args.func(args)
     finally:
         builtins.open, io.open, os.replace = real_open, real_io_open, real_replace
-        Trainer.finish, cli.reproduce = real_finish, real_reproduce
+        Trainer.finish, reproduce_cli.reproduce = real_finish, real_reproduce
     report = {
         "code": code,
         "left_group": not dist.is_initialized(),

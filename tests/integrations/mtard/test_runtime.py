@@ -136,7 +136,7 @@ def test_the_command_needs_only_torch_and_numpy():
     [
         ("/usr/bin/anl-mtard", "anl-mtard"),
         ("/src/anl/integrations/mtard/__main__.py", "anl-mtard"),  # python -m anl...mtard
-        ("/src/anl/integrations/mtard/cli.py", "anl-mtard"),
+        ("/src/anl/integrations/mtard/cli/__main__.py", "anl-mtard"),  # python -m ...mtard.cli
         ("my_script.py", "my_script.py"),
     ],
 )

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from anl.integrations.mtard import cli
+from anl.integrations.mtard.cli import sensitivity as sensitivity_cli
 from anl.integrations.mtard.pipeline import sensitivity as sens
 from anl.integrations.mtard.pipeline import tasks
 from anl.integrations.mtard.pipeline.profile import Profile
@@ -39,7 +39,7 @@ def tiny_profile() -> dict:
 
 def run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    cli.add_sensitivity_command(parser.add_subparsers(dest="command"))
+    sensitivity_cli.add_sensitivity_command(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["sensitivity", *argv])
     return args.func(args)
 

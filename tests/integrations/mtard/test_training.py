@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from anl.integrations.mtard import cli
+from anl.integrations.mtard.cli import train as train_cli
 from anl.integrations.mtard.data.loader import BatchLoader
 from anl.integrations.mtard.data.registry import DATASETS, ImageData
 from anl.integrations.mtard.evaluation.validation import validate
@@ -369,7 +370,7 @@ def test_config_round_trip_and_validation(teachers, tmp_path):
 def test_train_subcommand_end_to_end(teachers, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(run_data, "load_dataset", lambda *a, **k: tiny_data())
     parser = argparse.ArgumentParser(prog="anl-mtard")
-    cli.add_train_command(parser.add_subparsers(dest="command"))
+    train_cli.add_train_command(parser.add_subparsers(dest="command"))
     run_dir = tmp_path / "run"
     override = tmp_path / "override.json"
     override.write_text(json.dumps({"batch_size": 16, "val_attack_steps": 1, "lr": 0.05}))

@@ -258,6 +258,6 @@ def command_line() -> str:
     """This process's command line as a user would type it: ``anl-mtard ...`` also when it
     was started as ``python -m anl.integrations.mtard`` (recorded in the results)."""
     program = Path(sys.argv[0]).name
-    if program in ("__main__.py", "cli.py", "-c"):  # python -m anl.integrations.mtard(.cli)
+    if program in ("__main__.py", "-c"):  # python -m anl.integrations.mtard(.cli)
         program = "anl-mtard"
     return shlex.join([program, *sys.argv[1:]])
