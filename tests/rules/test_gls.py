@@ -93,9 +93,12 @@ def test_scaling_a_loss_scales_the_total_by_its_nth_root():
     np.testing.assert_allclose(scaled.weights, gls.weights * torch.tensor([4 / 16, 4.0]))
 
 
-def test_low_precision_losses_give_a_float32_total():
+@pytest.mark.parametrize(
+    "dtypes", [(torch.bfloat16, torch.float16), (torch.bfloat16, torch.bfloat16)]
+)
+def test_low_precision_losses_give_a_float32_total(dtypes):
     x = torch.tensor([2.0, 8.0], requires_grad=True)
-    total = GeometricLossStrategy(2).step([x[0].to(torch.bfloat16), x[1].to(torch.float16)])
+    total = GeometricLossStrategy(2).step([x[0].to(dtypes[0]), x[1].to(dtypes[1])])
     assert total.dtype == torch.float32 and total.item() == pytest.approx(4.0)
     total.backward()
     np.testing.assert_allclose(x.grad, [1.0, 0.25], rtol=1e-3)

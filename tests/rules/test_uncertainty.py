@@ -135,6 +135,17 @@ def test_gradients_reach_model_and_parameter(path):
     helpers.check_gradients_reach_model_and_parameter(SPEC, path)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_losses_give_a_float32_total(dtype):
+    # s = 0, plain: total = 2 + 0.5 in float32 (as the sum of float32 losses would be), the
+    # gradient e^{-s} = 1 into each loss.
+    x = torch.tensor([2.0, 0.5], requires_grad=True)
+    total = UncertaintyWeighting(2).step([x[0].to(dtype), x[1].to(dtype)])
+    assert total.dtype == torch.float32 and total.item() == 2.5
+    total.backward()
+    assert x.grad.tolist() == [1.0, 1.0]
+
+
 def test_numbers_give_a_float_total_and_forward_is_step():
     weighting = UncertaintyWeighting(2, likelihoods="gaussian")
     assert weighting.step([2.0, 0.5]) == pytest.approx(1.25)
