@@ -196,20 +196,26 @@ def weighted_sum(weights: Vector, losses: Sequence[Tensor]) -> Tensor:
         >>> weighted_sum([0.25, 0.75], [torch.tensor(2.0), torch.tensor(4.0)])
         tensor(3.5000)
     """
+    if len(weights) != len(losses):
+        raise ValueError(
+            f"Parameter `weights` should hold one weight per loss ({len(losses)}). "
+            f"Found {len(weights)} weights."
+        )
     dtype = losses[0].dtype
-    if dtype not in _SUM_DTYPES or any(loss.dtype != dtype for loss in losses):
+    for loss in losses:  # one dtype, float32 or float64: no cast (the common case)
+        if loss.dtype is not dtype:
+            dtype = None
+            break
+    if dtype is not torch.float32 and dtype is not torch.float64:
         dtype = functools.reduce(torch.promote_types, (x.dtype for x in losses), torch.float32)
         losses = [loss.to(dtype) for loss in losses]
     if not isinstance(weights, Tensor):
         if len(losses) <= 3:
             total = losses[0].mul(weights[0])
-            for weight, loss in zip(weights[1:], losses[1:], strict=True):
-                total = torch.add(total, loss, alpha=weight)
+            for i in range(1, len(losses)):
+                total = torch.add(total, losses[i], alpha=weights[i])
             return total
         weights = torch.tensor(weights, dtype=dtype, device=losses[0].device)
     else:
         weights = weights.detach().to(device=losses[0].device, dtype=dtype)
     return torch.stack(losses) @ weights
-
-
-_SUM_DTYPES = (torch.float32, torch.float64)

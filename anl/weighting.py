@@ -54,6 +54,7 @@ DEFAULT_HISTORY_SIZE = 10_000
 T = TypeVar("T")
 
 _VECTORS = ("weights", "initial_losses", "relative_losses")
+_CPU = torch.device("cpu")
 
 
 class Hyperparameter(Generic[T]):
@@ -276,8 +277,12 @@ class LossWeighting:
         call just computed. For tensor inputs the result is a 0-dim tensor carrying every
         loss's autograd graph; for numbers only it is a Python float.
         """
+        if type(losses) is list or type(losses) is tuple:
+            total = self._steady_host_step(losses)
+            if total is not None:
+                return total
         batch = collect_losses(losses, self._names)
-        self._check_batch(batch)
+        self._check_device(batch.device)
         if self._runs_on_host(batch):
             weights = self._step_on_host(batch)
         else:
@@ -291,12 +296,12 @@ class LossWeighting:
         others, or ``combine`` on every micro-batch and :meth:`step` once on their mean.
         """
         batch = collect_losses(losses, self._names)
-        self._check_batch(batch)
+        self._check_device(batch.device)
         return self._total(self._state["weights"], batch)
 
-    def _check_batch(self, batch: LossBatch) -> None:
-        """Rule-specific check of a collected batch, before anything changes (raise
-        ``ValueError``); the base accepts every batch that :func:`collect_losses` returns."""
+    def _check_device(self, device: torch.device | None) -> None:
+        """Rule-specific check of the tensor losses' device (``None``: numbers only), before
+        anything changes (raise ``ValueError``); the base accepts every device."""
 
     def _total(self, weights: functional.Vector, batch: LossBatch) -> Tensor | float:
         if isinstance(weights, Tensor) and batch.device is not None:
@@ -382,6 +387,60 @@ class LossWeighting:
             values, mask = device_mean_across_ranks(values, mask)
         return values, mask, device
 
+    def _steady_host_step(self, losses: list[Any] | tuple[Any, ...]) -> Tensor | None:
+        """:meth:`step` in its most common case, in one pass: every loss a valid 0-dim floating
+        CPU tensor, every reference :math:`L_i(0)` known, the state on the host in
+        float64, no process group, not under ``torch.compile``. ``None`` (nothing changed)
+        whenever any of that does not hold: the general path then checks and explains."""
+        if not (
+            self._all_referenced
+            and self._device is None
+            and self._float64
+            and self.supports_host
+            and len(losses) == len(self._names)
+        ):
+            return None
+        values = []
+        for value in losses:
+            if (
+                type(value) is not Tensor
+                or value.dim()
+                or not value.dtype.is_floating_point
+                or value.device.type != "cpu"
+            ):
+                return None
+            values.append(value.item())
+        if (self._distributed and is_distributed()) or torch.compiler.is_compiling():
+            return None
+        state = self._state
+        relative = [v / r for v, r in zip(values, state["initial_losses"], strict=True)]
+        smallest = min(values)  # the quick check of _step_on_host's steady state
+        if not (
+            sum(relative) < math.inf
+            and (smallest > 0.0 if self.requires_positive_losses else smallest >= 0.0)
+        ):
+            return None
+        self._check_device(_CPU)
+        weights = self._apply_host_update(state, values, relative, None)
+        return self._combine(weights, list(losses), None)  # type: ignore[return-value]
+
+    def _apply_host_update(
+        self,
+        state: dict[str, Any],
+        values: list[float],
+        relative: list[float],
+        present: tuple[bool, ...] | None,
+    ) -> list[float]:
+        """Run the rule on valid host values and record the step (``initial_losses`` and
+        ``has_reference`` are the caller's); the new weights."""
+        extra = {"losses": values} if self.update_takes_losses else {}
+        state.update(self._update(state, relative, present, **extra))  # sees the old state
+        state["relative_losses"] = relative
+        state["num_steps"] += 1
+        self._called = True
+        self._history.append((*values, *relative, *state["weights"], 1.0))
+        return state["weights"]
+
     def _step_on_host(self, batch: LossBatch) -> list[float]:
         values, present = self._host_values(batch)
         state = self._state if self._device is None else self._host_state()
@@ -419,17 +478,12 @@ class LossWeighting:
             state["num_skipped"] += 1
             self._history.append((*values, *state["relative_losses"], *state["weights"], 0.0))
             return state["weights"]
-        extra = {"losses": values} if self.update_takes_losses else {}
-        state.update(self._update(state, relative, present, **extra))  # sees the old state
+        weights = self._apply_host_update(state, values, relative, present)
         if not self._all_referenced:
             state["has_reference"] = has_reference
             self._all_referenced = all(has_reference)
         state["initial_losses"] = initial
-        state["relative_losses"] = relative
-        state["num_steps"] += 1
-        self._called = True
-        self._history.append((*values, *relative, *state["weights"], 1.0))
-        return state["weights"]
+        return weights
 
     def _host_invalid(
         self, state: Mapping[str, Any], values: Sequence[float], here: Sequence[bool]

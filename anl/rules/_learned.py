@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from anl import functional
-from anl.inputs import LossBatch, Losses, constant_vector, describe, parse_names
+from anl.inputs import Losses, constant_vector, describe, parse_names
 from anl.rules._common import stacked_losses
 from anl.state import split_state_dict
 from anl.weighting import LossWeighting
@@ -125,13 +125,13 @@ class LearnedScales(LossWeighting, nn.Module):
         """:meth:`step`, so that ``weighting(losses)`` works inside a model's ``forward``."""
         return self.step(losses)
 
-    def _check_batch(self, batch: LossBatch) -> None:
+    def _check_device(self, device: torch.device | None) -> None:
         """Refuse, before anything changes, tensor losses on another device than ``s``."""
         parameter = self._parameters[self.parameter_name]
-        if batch.device is not None and parameter.device != batch.device:
+        if device is not None and parameter.device != device:
             raise ValueError(
                 f"Parameter `{self.parameter_name}` should be on the losses' device. Found it on "
-                f"{parameter.device} and the losses on {batch.device}: move the weighting with "
+                f"{parameter.device} and the losses on {device}: move the weighting with "
                 "`.to(device)` before building the optimiser, or make it a submodule of the model."
             )
 
