@@ -12,8 +12,9 @@ For each, the whole step (zero_grad, forward, losses, combine, backward, SGD at 
 ``sum_i c_i L_i`` (the reference) and by every weighting class, interleaved in one run (each
 repeat rotates the order); the ratio to the plain sum is the cost. Uncertainty weighting and
 IMTL-L learn a parameter, whose forward and backward the plain sum does not have: uncertainty
-weighting written inline, as its authors' code does (``inline uncertainty weighting``), is
-their reference, and its ratio to the plain sum is the method's own cost, not the library's.
+weighting written inline, as its authors' code does (``inline uncertainty weighting``, and
+``..., float64 s`` with the float64 parameter the library keeps), is their reference, and its
+ratio to the plain sum is the method's own cost, not the library's.
 The plain sum is timed twice, on two copies of the model: the ratio of the second to the first
 is this run's noise floor.
 
@@ -154,6 +155,9 @@ def step_candidates(workload: str, seed: int) -> dict[str, Callable[[], Any]]:
     # in this run (the noise floor any ratio below should be read against).
     candidates["plain sum, again"] = make(lambda: PlainSum(n).forward)
     candidates["inline uncertainty weighting"] = make(lambda: InlineUncertainty(n).forward)
+    candidates["inline uncertainty weighting, float64 s"] = make(
+        lambda: InlineUncertainty(n, torch.float64).forward
+    )
     for name, build in weightings(n).items():
         candidates[name] = make(lambda build=build: build().step)
     return candidates
@@ -175,14 +179,21 @@ class PlainSum(nn.Module):
 
 class InlineUncertainty(nn.Module):
     """Uncertainty weighting as its authors' code writes it (float32 log-variances ``s``):
-    ``sum_i exp(-s_i) L_i + s_i``, the total of ``UncertaintyWeighting``'s default."""
+    ``sum_i exp(-s_i) L_i + s_i``, the total of ``UncertaintyWeighting``'s default. With
+    ``dtype=torch.float64``, ``s`` in float64 as the library keeps it: the losses are cast up
+    and the total back to their dtype, the two casts the library's total makes too."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.log_vars = nn.Parameter(torch.zeros(n))
+        self.log_vars = nn.Parameter(torch.zeros(n, dtype=dtype))
 
     def forward(self, values: list[torch.Tensor]) -> torch.Tensor:
-        return (torch.exp(-self.log_vars) * torch.stack(values)).sum() + self.log_vars.sum()
+        losses = torch.stack(values)
+        s = self.log_vars
+        if s.dtype == losses.dtype:
+            return (torch.exp(-s) * losses).sum() + s.sum()
+        total = (torch.exp(-s) * losses.to(s.dtype)).sum() + s.sum()
+        return total.to(losses.dtype)
 
 
 def call_candidates() -> dict[str, Callable[[], Any]]:
