@@ -413,16 +413,26 @@ class LossWeighting:
         if (self._distributed and is_distributed()) or torch.compiler.is_compiling():
             return None
         state = self._state
-        relative = [v / r for v, r in zip(values, state["initial_losses"], strict=True)]
-        smallest = min(values)  # the quick check of _step_on_host's steady state
-        if not (
-            sum(relative) < math.inf
-            and (smallest > 0.0 if self.requires_positive_losses else smallest >= 0.0)
-        ):
+        relative, valid = self._steady_relative(values, state["initial_losses"])
+        if not valid:
             return None
         self._check_device(_CPU)
         weights = self._apply_host_update(state, values, relative, None)
         return self._combine(weights, list(losses), None)  # type: ignore[return-value]
+
+    def _steady_relative(
+        self, values: list[float], initial: list[float]
+    ) -> tuple[list[float], bool]:
+        """``L~ = L / L(0)`` with every loss present and referenced, and whether the values
+        are certainly valid: a NaN or infinite loss makes the sum of the relative losses NaN
+        or inf (every L(0) is finite and positive). The sum can also overflow from finite
+        terms, so ``False`` asks for the exact check (:meth:`_host_invalid`), not an error."""
+        relative = [v / r for v, r in zip(values, initial, strict=True)]
+        smallest = min(values)
+        valid = sum(relative) < math.inf and (
+            smallest > 0.0 if self.requires_positive_losses else smallest >= 0.0
+        )
+        return relative, valid
 
     def _apply_host_update(
         self,
@@ -446,14 +456,7 @@ class LossWeighting:
         state = self._state if self._device is None else self._host_state()
         initial = state["initial_losses"]
         if present is None and self._all_referenced:  # the steady state, checked in one pass
-            relative = [v / r for v, r in zip(values, initial, strict=True)]
-            # A NaN or infinite loss makes the sum of the relative losses NaN or inf (every
-            # L(0) is finite and positive); the sum can also overflow from finite terms, so
-            # anything but a finite sum gets the exact check.
-            smallest = min(values)
-            quick = sum(relative) < math.inf and (
-                smallest > 0.0 if self.requires_positive_losses else smallest >= 0.0
-            )
+            relative, quick = self._steady_relative(values, initial)
             error = None if quick else self._host_invalid(state, values, (True,) * len(values))
         else:
             here = present if present is not None else (True,) * len(values)
