@@ -28,6 +28,8 @@ from anl import (
     UncertaintyWeighting,
 )
 
+pytestmark = pytest.mark.compile
+
 NAMES = ["a", "b", "c"]
 RULES = {
     "anl": lambda: AdaptiveLossBalancer(NAMES, beta=2.0, weight_lr=0.3),

@@ -108,6 +108,7 @@ def test_describe_names_a_value_in_one_line_of_at_most_80_characters():
     assert describe([1, 2], limit=5) == "[1..."
 
 
+@pytest.mark.compile
 def test_constant_vector_is_built_in_the_traced_graph_under_compile():
     """Under torch.compile the vector is built inside the graph (no cache for Dynamo to
     bypass); eagerly, one cached tensor per (values, device, dtype)."""
