@@ -147,3 +147,26 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="print the traceback of an error, too",
     )
+
+
+def add_placement_flags(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir``, ``--model-dir`` and ``--device``: where a profile's data, teachers and
+    computation are, each defaulting to the profile's."""
+    parser.add_argument(
+        "--data-dir", default=None, metavar="DIR", help="dataset folder (default: the profile's)"
+    )
+    parser.add_argument(
+        "--model-dir",
+        default=None,
+        metavar="DIR",
+        help="folder of the teachers' checkpoints, for profiles that load them",
+    )
+    parser.add_argument(
+        "--device", default=None, help="auto, cpu, cuda or cuda:N (default: the profile's)"
+    )
+
+
+def add_quiet_flags(parser: argparse.ArgumentParser) -> None:
+    """``--no-plots`` and ``--no-progress``, for the commands that draw figures."""
+    parser.add_argument("--no-plots", action="store_true", help="do not draw the figures")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -16,7 +16,14 @@ from ..runtime.process import (
     is_main_process,
     require_device,
 )
-from .arguments import add_debug_flag, directory_argument, integer, names_text
+from .arguments import (
+    add_debug_flag,
+    add_placement_flags,
+    add_quiet_flags,
+    directory_argument,
+    integer,
+    names_text,
+)
 from .errors import error_message
 
 
@@ -44,15 +51,7 @@ def add_reproduce_command(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="results directory (default: mtard-results/<profile name>)",
     )
-    parser.add_argument(
-        "--data-dir", default=None, metavar="DIR", help="dataset folder (default: the profile's)"
-    )
-    parser.add_argument(
-        "--model-dir",
-        default=None,
-        metavar="DIR",
-        help="folder of the teachers' checkpoints, for profiles that load them",
-    )
+    add_placement_flags(parser)
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=integer(1), default=None, metavar="N", help="seeds 0 .. N-1")
     seeds.add_argument(
@@ -78,11 +77,6 @@ def add_reproduce_command(subparsers: argparse._SubParsersAction) -> None:
         metavar="ARCH",
         help=f"student architectures: {names_text(model_names(), import_path=True)} "
         "(default: the profile's)",
-    )
-    parser.add_argument(
-        "--device",
-        default=None,
-        help="auto, cpu, cuda or cuda:N (default: the profile's)",
     )
     parser.add_argument(
         "--epochs",
@@ -124,8 +118,7 @@ def add_reproduce_command(subparsers: argparse._SubParsersAction) -> None:
         help="worker processes: teachers, runs and evaluations that do not wait for each "
         "other run side by side (default: 1)",
     )
-    parser.add_argument("--no-plots", action="store_true", help="do not draw the figures")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet_flags(parser)
     add_debug_flag(parser)
     parser.set_defaults(func=run_reproduce_command, prog=parser.prog)
 

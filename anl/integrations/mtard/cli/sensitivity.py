@@ -8,10 +8,15 @@ import logging
 from pathlib import Path
 
 from ..models import model_names
-from ..runtime.process import (
-    is_main_process,
+from ..runtime.process import is_main_process
+from .arguments import (
+    add_debug_flag,
+    add_placement_flags,
+    add_quiet_flags,
+    directory_argument,
+    integer,
+    names_text,
 )
-from .arguments import add_debug_flag, directory_argument, integer, names_text
 
 
 def add_sensitivity_command(subparsers: argparse._SubParsersAction) -> None:
@@ -81,20 +86,8 @@ def add_sensitivity_command(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="torch CPU threads (default: the profile's)",
     )
-    parser.add_argument(
-        "--data-dir", default=None, metavar="DIR", help="dataset folder (default: the profile's)"
-    )
-    parser.add_argument(
-        "--model-dir",
-        default=None,
-        metavar="DIR",
-        help="folder of the teachers' checkpoints, for profiles that load them",
-    )
-    parser.add_argument(
-        "--device", default=None, help="auto, cpu, cuda or cuda:N (default: the profile's)"
-    )
-    parser.add_argument("--no-plots", action="store_true", help="do not draw the figure")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_placement_flags(parser)
+    add_quiet_flags(parser)
     add_debug_flag(parser)
     parser.set_defaults(func=run_sensitivity_command, prog=parser.prog)
 
